@@ -1,0 +1,92 @@
+//! Gateway configuration: CLI flags with environment fallbacks, validated at start-up.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use flashsale_shared::config::{LogArgs, RedisArgs};
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "flashsale-api", version, about = "flashsale HTTP gateway")]
+pub struct Config {
+    /// Address the HTTP server binds.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
+    pub listen_addr: SocketAddr,
+
+    /// Bearer token for admin routes. Unset: admin routes answer 401 to everyone.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true, value_parser = AdminToken::parse)]
+    pub admin_token: Option<AdminToken>,
+
+    #[command(flatten)]
+    pub redis: RedisArgs,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+
+    /// Upper bound on a whole request, Redis calls included; past it the client gets a 503.
+    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 3000,
+          value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    pub request_timeout_ms: u64,
+
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish before exit.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub shutdown_timeout_ms: u64,
+
+    /// How long after an event's `ends_at` its idempotency entries and per-user totals are
+    /// kept (replays keep working until then), in seconds.
+    #[arg(long, env = "IDEMPOTENCY_RETENTION_SECS", default_value_t = 86_400)]
+    pub idempotency_retention_secs: u64,
+}
+
+impl Config {
+    /// Defaults for everything but Redis (used by tests and embedders).
+    pub fn new(redis: RedisArgs) -> Self {
+        Self {
+            listen_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_token: None,
+            redis,
+            log: LogArgs { log_filter: "info".into(), log_format: flashsale_shared::config::LogFormat::Text },
+            request_timeout_ms: 3000,
+            shutdown_timeout_ms: 10_000,
+            idempotency_retention_secs: 86_400,
+        }
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+
+    pub fn idempotency_retention(&self) -> Duration {
+        Duration::from_secs(self.idempotency_retention_secs)
+    }
+}
+
+/// The admin bearer token. Never printed: `Debug` shows a placeholder.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    pub fn parse(token: &str) -> Result<Self, String> {
+        if token.len() < 16 {
+            return Err("ADMIN_TOKEN must be at least 16 characters long".into());
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("ADMIN_TOKEN must be printable ASCII without spaces".into());
+        }
+        Ok(Self(token.to_owned()))
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken(***)")
+    }
+}

@@ -1,0 +1,211 @@
+//! flashsale's HTTP gateway.
+//!
+//! A purchase is one call of `lua/purchase.lua` on a shared multiplexed Redis connection:
+//! the script checks and reserves atomically and enqueues the order on the event's stream,
+//! and the gateway answers 202 at once; `flashsale-worker` finalizes orders asynchronously.
+//!
+//! # Layout
+//! - [`run`] serves a bound listener until a shutdown future resolves (tests bind
+//!   `127.0.0.1:0`); [`router`] lists every route.
+//! - `routes/`: one module per resource (events, purchases, orders, health).
+//! - [`error`]: the one error type and the error policy; every error is a problem document.
+//! - [`extract`], [`auth`]: extractors that reject with problems; admin deny-by-default.
+//! - [`metrics`]: the Prometheus series, by matched route.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod metrics;
+pub mod routes;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, Request};
+use axum::routing::{get, post, put};
+use redis::RedisResult;
+use redis::aio::ConnectionManager;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+use crate::config::AdminToken;
+pub use crate::config::Config;
+use crate::error::ApiError;
+use crate::metrics::ApiMetrics;
+
+/// Request bodies above this size are refused with 413 before they are read.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// What every handler shares. Cloning is one reference-count increment.
+#[derive(Clone, Debug)]
+pub struct AppState(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    redis: ConnectionManager,
+    redis_timeout: Duration,
+    request_timeout: Duration,
+    admin_token: Option<AdminToken>,
+    idempotency_retention: Duration,
+    metrics: Arc<ApiMetrics>,
+}
+
+impl AppState {
+    pub fn new(config: &Config) -> RedisResult<Self> {
+        Ok(Self(Arc::new(Inner {
+            redis: config.redis.connection_manager()?,
+            redis_timeout: config.redis.timeout(),
+            request_timeout: config.request_timeout(),
+            admin_token: config.admin_token.clone(),
+            idempotency_retention: config.idempotency_retention(),
+            metrics: Arc::new(ApiMetrics::new()),
+        })))
+    }
+
+    pub fn admin_token(&self) -> Option<&AdminToken> {
+        self.0.admin_token.as_ref()
+    }
+
+    pub fn idempotency_retention(&self) -> Duration {
+        self.0.idempotency_retention
+    }
+
+    pub fn metrics(&self) -> &ApiMetrics {
+        &self.0.metrics
+    }
+
+    /// Runs one Redis operation on the shared connection under the Redis deadline, mapping
+    /// every failure to a problem. `mutating` marks operations whose outcome is unknown when
+    /// they time out (see [`ApiError::redis`]).
+    pub async fn redis<T, F, Fut>(&self, mutating: bool, op: F) -> Result<T, ApiError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        match tokio::time::timeout(self.0.redis_timeout, op(self.0.redis.clone())).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => Err(ApiError::redis(error, mutating)),
+            Err(_) => Err(ApiError::timeout(mutating)),
+        }
+    }
+}
+
+/// Every route, with the middleware stack (outermost first): request id, tracing, metrics,
+/// problem documents for every error, request timeout, body limit.
+pub fn router(state: AppState) -> Router {
+    use routes::{events, health, orders, purchases};
+    let metrics = state.0.metrics.clone();
+    let timeout = state.0.request_timeout;
+    Router::new()
+        .route("/v1/events/{event_id}", put(events::put_event).get(events::get_event))
+        .route(metrics::PURCHASE_ROUTE, post(purchases::create))
+        .route("/v1/events/{event_id}/orders/{order_id}", get(orders::get_order))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .fallback(|| async { ApiError::RouteNotFound })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(move |req, next| request_timeout(timeout, req, next)))
+        .layer(axum::middleware::from_fn(error::problem_for_every_error))
+        .layer(axum::middleware::from_fn_with_state(metrics, metrics::track))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request<_>| {
+                    let id = request.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
+                    tracing::info_span!("request", method = %request.method(), uri = %request.uri(), request_id = %id)
+                })
+                .on_request(())
+                .on_response(DefaultOnResponse::new().level(Level::DEBUG)),
+        )
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .with_state(state)
+}
+
+/// Bounds a whole request: whatever hangs, the client gets a 503 problem in bounded time.
+async fn request_timeout(
+    limit: Duration,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::timeout(false).into_response(),
+    }
+}
+
+/// Serves the gateway on `listener` until `shutdown` resolves, then stops accepting, lets
+/// in-flight requests finish for up to `SHUTDOWN_TIMEOUT_MS`, and returns.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let state = AppState::new(&config).map_err(std::io::Error::other)?;
+    if config.admin_token.is_none() {
+        tracing::warn!("ADMIN_TOKEN is not set: every admin route answers 401");
+    }
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        redis = %config.redis.redis_url,
+        "flashsale-api listening"
+    );
+
+    let background = CancellationToken::new();
+    tokio::spawn(warm_up_scripts(state.clone(), background.clone()));
+    tokio::spawn(metrics_upkeep(state.clone(), background.clone()));
+
+    let draining = CancellationToken::new();
+    let drain_started = draining.clone();
+    let serve = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
+        shutdown.await;
+        drain_started.cancel();
+    });
+    let drain_limit = config.shutdown_timeout();
+    let result = tokio::select! {
+        result = serve => result,
+        () = async { draining.cancelled().await; tokio::time::sleep(drain_limit).await } => {
+            tracing::warn!(?drain_limit, "requests still in flight at the drain deadline; exiting anyway");
+            Ok(())
+        }
+    };
+    background.cancel();
+    tracing::info!("flashsale-api stopped");
+    result
+}
+
+/// Loads every script once Redis is reachable, so the first purchase needs one round trip.
+/// Not required for correctness: EVALSHA falls back to loading on NOSCRIPT.
+async fn warm_up_scripts(state: AppState, stop: CancellationToken) {
+    loop {
+        let loaded = state
+            .redis(false, |mut conn| async move { flashsale_shared::scripts::load_all(&mut conn).await });
+        if loaded.await.is_ok() {
+            return;
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+async fn metrics_upkeep(state: AppState, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => state.metrics().run_upkeep(),
+        }
+    }
+}

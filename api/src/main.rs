@@ -1,0 +1,30 @@
+//! `flashsale-api`: parse the configuration, bind, serve until SIGINT/SIGTERM.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use flashsale_api::Config;
+use flashsale_shared::{shutdown, telemetry};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = Config::parse();
+    if let Err(error) = telemetry::init_tracing(&config.log) {
+        eprintln!("flashsale-api: {error}");
+        return ExitCode::from(2);
+    }
+    let listener = match tokio::net::TcpListener::bind(config.listen_addr).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(%error, addr = %config.listen_addr, "cannot bind LISTEN_ADDR");
+            return ExitCode::FAILURE;
+        }
+    };
+    match flashsale_api::run(listener, config, shutdown::signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "gateway failed");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! The gateway's Prometheus series. Names are a contract for dashboards and alerts.
+//!
+//! - `flashsale_purchases_total{outcome}`: accepted, replayed, sold_out, limit_exceeded,
+//!   sale_not_active, rejected (any other 4xx), error (5xx).
+//! - `flashsale_purchase_duration_seconds`: purchase latency, all outcomes.
+//! - `flashsale_http_requests_total{method,route,status}` and
+//!   `flashsale_http_request_duration_seconds{method,route}`: by matched route, never by raw
+//!   path (unmatched requests share `route="unmatched"`), so cardinality stays bounded.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
+use flashsale_shared::telemetry::{LATENCY_BUCKETS, Metrics};
+use metrics::{Counter, Histogram};
+
+use crate::error::ProblemCode;
+
+pub const PURCHASES_TOTAL: &str = "flashsale_purchases_total";
+pub const PURCHASE_DURATION: &str = "flashsale_purchase_duration_seconds";
+pub const HTTP_REQUESTS_TOTAL: &str = "flashsale_http_requests_total";
+pub const HTTP_REQUEST_DURATION: &str = "flashsale_http_request_duration_seconds";
+
+/// The route whose requests also count as purchases.
+pub const PURCHASE_ROUTE: &str = "/v1/events/{event_id}/purchases";
+
+#[derive(Debug)]
+pub struct ApiMetrics {
+    registry: Metrics,
+    accepted: Counter,
+    replayed: Counter,
+    sold_out: Counter,
+    limit_exceeded: Counter,
+    sale_not_active: Counter,
+    rejected: Counter,
+    error: Counter,
+    purchase_duration: Histogram,
+    /// Handles per (method, route[, status]), registered on first use and then reused, so a
+    /// request costs one read-locked lookup instead of building label sets.
+    http: RwLock<HashMap<(Method, Arc<str>, u16), (Counter, Histogram)>>,
+}
+
+impl ApiMetrics {
+    pub fn new() -> Self {
+        let registry =
+            Metrics::new(&[(PURCHASE_DURATION, LATENCY_BUCKETS), (HTTP_REQUEST_DURATION, LATENCY_BUCKETS)]);
+        let outcome = |name: &str| {
+            registry.counter(PURCHASES_TOTAL, "Purchase requests by outcome.", &[("outcome", name)])
+        };
+        Self {
+            accepted: outcome("accepted"),
+            replayed: outcome("replayed"),
+            sold_out: outcome("sold_out"),
+            limit_exceeded: outcome("limit_exceeded"),
+            sale_not_active: outcome("sale_not_active"),
+            rejected: outcome("rejected"),
+            error: outcome("error"),
+            purchase_duration: registry.histogram(
+                PURCHASE_DURATION,
+                "Time to answer a purchase request, all outcomes.",
+                &[],
+            ),
+            http: RwLock::new(HashMap::new()),
+            registry,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        self.registry.render()
+    }
+
+    pub fn run_upkeep(&self) {
+        self.registry.run_upkeep();
+    }
+
+    fn record_purchase(&self, status: StatusCode, code: Option<&str>, elapsed: Duration) {
+        let counter = match (status.as_u16(), code) {
+            (202, _) => &self.accepted,
+            (200, _) => &self.replayed,
+            (_, Some("sold_out")) => &self.sold_out,
+            (_, Some("limit_exceeded")) => &self.limit_exceeded,
+            (_, Some("sale_not_active")) => &self.sale_not_active,
+            (s, _) if s >= 500 => &self.error,
+            _ => &self.rejected,
+        };
+        counter.increment(1);
+        self.purchase_duration.record(elapsed.as_secs_f64());
+    }
+
+    fn record_http(&self, method: &Method, route: &Arc<str>, status: StatusCode, elapsed: Duration) {
+        let key = (method.clone(), route.clone(), status.as_u16());
+        let cached = self.http.read().ok().and_then(|map| map.get(&key).cloned());
+        let (count, duration) = cached.unwrap_or_else(|| {
+            let labels = [("method", method.as_str()), ("route", &**route)];
+            let handles = (
+                self.registry.counter(
+                    HTTP_REQUESTS_TOTAL,
+                    "HTTP requests by method, matched route and status.",
+                    &[labels[0], labels[1], ("status", status.as_str())],
+                ),
+                self.registry.histogram(
+                    HTTP_REQUEST_DURATION,
+                    "HTTP request latency by method and matched route.",
+                    &labels,
+                ),
+            );
+            if let Ok(mut map) = self.http.write() {
+                map.insert(key, handles.clone());
+            }
+            handles
+        });
+        count.increment(1);
+        duration.record(elapsed.as_secs_f64());
+    }
+}
+
+impl Default for ApiMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Middleware recording the HTTP series for every request, and the purchase series for
+/// purchase requests, whatever answered them (handler, extractor rejection or timeout).
+pub async fn track(State(metrics): State<Arc<ApiMetrics>>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route: Arc<str> = match request.extensions().get::<MatchedPath>() {
+        Some(path) => Arc::from(path.as_str()),
+        None => Arc::from("unmatched"),
+    };
+    let response = next.run(request).await;
+    let elapsed = started.elapsed();
+    let status = response.status();
+    if method == Method::POST && &*route == PURCHASE_ROUTE {
+        let code = response.extensions().get::<ProblemCode>().map(|c| c.0);
+        metrics.record_purchase(status, code, elapsed);
+    }
+    metrics.record_http(&method, &route, status, elapsed);
+    response
+}

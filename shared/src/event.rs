@@ -1,0 +1,145 @@
+//! Events (sales): their configuration, their live counters and their state.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use redis::RedisResult;
+use redis::aio::ConnectionLike;
+use serde::Serialize;
+
+use crate::domain::EventId;
+use crate::keys::{self, EventKeys};
+use crate::scripts::{self, PUT_EVENT};
+
+/// What an operator sets with `PUT /v1/events/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventConfig {
+    pub stock: u64,
+    pub per_user_limit: u32,
+    pub name: Option<String>,
+    pub starts_at_ms: Option<i64>,
+    pub ends_at_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    Created,
+    /// The same configuration was already there.
+    Unchanged,
+    /// A different configuration replaced one that never had a sale.
+    Replaced,
+    /// The event has sales and the configuration differs: nothing changed.
+    Conflict,
+}
+
+/// Stores the configuration (see `lua/put_event.lua` for the rules) and registers the event
+/// so workers start consuming its stream. `retention` is how long after `ends_at` the
+/// idempotency entries and per-user totals are kept.
+pub async fn put(
+    conn: &mut impl ConnectionLike,
+    id: &EventId,
+    config: &EventConfig,
+    retention: Duration,
+) -> RedisResult<PutOutcome> {
+    let keys = EventKeys::new(id);
+    let opt = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_default();
+    let purge_at = config.ends_at_ms.map(|ends| ends.saturating_add(retention.as_millis() as i64));
+    let outcome: String = PUT_EVENT
+        .key(&keys.event)
+        .arg(config.stock)
+        .arg(config.per_user_limit)
+        .arg(config.name.as_deref().unwrap_or(""))
+        .arg(opt(config.starts_at_ms))
+        .arg(opt(config.ends_at_ms))
+        .arg(opt(purge_at))
+        .invoke_async(conn)
+        .await?;
+    let outcome = match outcome.as_str() {
+        "created" => PutOutcome::Created,
+        "unchanged" => PutOutcome::Unchanged,
+        "replaced" => PutOutcome::Replaced,
+        "conflict" => PutOutcome::Conflict,
+        other => {
+            return Err(scripts::unexpected("a put_event outcome", &redis::Value::SimpleString(other.into())));
+        }
+    };
+    if outcome != PutOutcome::Conflict {
+        // Outside the script: `fs:events` lives in another Cluster slot. Re-adding on every
+        // PUT heals a registration lost to a crash between the two calls.
+        redis::cmd("SADD").arg(keys::EVENTS).arg(id.as_str()).exec_async(conn).await?;
+    }
+    Ok(outcome)
+}
+
+/// Every registered event (what workers consume).
+pub async fn list(conn: &mut impl ConnectionLike) -> RedisResult<Vec<EventId>> {
+    let ids: Vec<String> = redis::cmd("SMEMBERS").arg(keys::EVENTS).query_async(conn).await?;
+    Ok(ids.into_iter().filter_map(|id| EventId::parse(id).ok()).collect())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventState {
+    Upcoming,
+    Live,
+    SoldOut,
+    Ended,
+}
+
+/// The sale window is half-open, `[starts_at, ends_at)`, exactly as `lua/purchase.lua`
+/// checks it.
+pub fn window_state(starts_at_ms: Option<i64>, ends_at_ms: Option<i64>, now_ms: i64) -> Option<EventState> {
+    if ends_at_ms.is_some_and(|ends| now_ms >= ends) {
+        Some(EventState::Ended)
+    } else if starts_at_ms.is_some_and(|starts| now_ms < starts) {
+        Some(EventState::Upcoming)
+    } else {
+        None
+    }
+}
+
+/// An event's configuration and counters, read at one moment of Redis time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventSnapshot {
+    pub config: EventConfig,
+    pub remaining: u64,
+    /// Units in orders the worker has finalized.
+    pub confirmed: u64,
+    /// Orders ever accepted (a configuration is frozen once this is above zero).
+    pub accepted: u64,
+    /// Redis server time when the snapshot was read.
+    pub now_ms: i64,
+}
+
+impl EventSnapshot {
+    pub fn state(&self) -> EventState {
+        window_state(self.config.starts_at_ms, self.config.ends_at_ms, self.now_ms)
+            .unwrap_or(if self.remaining == 0 { EventState::SoldOut } else { EventState::Live })
+    }
+}
+
+/// The event, or `None` when it was never created.
+pub async fn load(conn: &mut impl ConnectionLike, id: &EventId) -> RedisResult<Option<EventSnapshot>> {
+    let keys = EventKeys::new(id);
+    let (fields, (secs, micros)): (HashMap<String, String>, (i64, i64)) =
+        redis::pipe().hgetall(&keys.event).cmd("TIME").query_async(conn).await?;
+    if fields.is_empty() {
+        return Ok(None);
+    }
+    let num = |name: &str| fields.get(name).and_then(|v| v.parse::<i64>().ok());
+    let text = |name: &str| fields.get(name).filter(|v| !v.is_empty()).cloned();
+    let config = EventConfig {
+        stock: num("stock").unwrap_or(0) as u64,
+        per_user_limit: num("limit").unwrap_or(1) as u32,
+        name: text("name"),
+        starts_at_ms: num("starts"),
+        ends_at_ms: num("ends"),
+    };
+    Ok(Some(EventSnapshot {
+        config,
+        remaining: num("remaining").unwrap_or(0).max(0) as u64,
+        confirmed: num("confirmed").unwrap_or(0).max(0) as u64,
+        accepted: num("accepted").unwrap_or(0).max(0) as u64,
+        now_ms: secs * 1000 + micros / 1000,
+    }))
+}

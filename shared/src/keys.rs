@@ -1,0 +1,76 @@
+//! The Redis key layout, in one place. Nothing else formats a key name.
+//!
+//! ```text
+//! fs:events                  SET     every event id, so workers discover new events
+//! fs:stock-returned          channel an event id, published when a failed order returns units
+//! fs:{ev:E}:event            HASH    config and counters (see lua/put_event.lua)
+//! fs:{ev:E}:orders           HASH    order id -> "status|quantity|created_ms|done_ms|user_id"
+//! fs:{ev:E}:idem             HASH    idempotency scope -> order id (expires after the event)
+//! fs:{ev:E}:users            HASH    user id -> units held (expires after the event)
+//! fs:{ev:E}:stream           STREAM  {order = id}, consumed by the worker group
+//! fs:{ev:E}:dead             STREAM  dead letters: entry id, reason, deliveries, payload
+//! ```
+//!
+//! Every key of one event carries the hash tag `{ev:E}`, so all of them live in one Redis
+//! Cluster slot and each script may touch them all. `fs:events` is only ever used on its own.
+
+use crate::domain::EventId;
+
+/// Set of all event ids; workers poll it to find new streams without a restart.
+pub const EVENTS: &str = "fs:events";
+
+/// Pub/sub channel carrying an event id whenever units return to that event's stock.
+pub const STOCK_RETURNED_CHANNEL: &str = "fs:stock-returned";
+
+/// The consumer group every worker joins on every order stream.
+pub const CONSUMER_GROUP: &str = "flashsale-workers";
+
+const STREAM_SUFFIX: &str = "}:stream";
+const TAG_PREFIX: &str = "fs:{ev:";
+
+/// All keys of one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventKeys {
+    pub event: String,
+    pub orders: String,
+    pub idem: String,
+    pub users: String,
+    pub stream: String,
+    pub dead: String,
+}
+
+impl EventKeys {
+    pub fn new(id: &EventId) -> Self {
+        let key = |suffix: &str| format!("{TAG_PREFIX}{id}}}:{suffix}");
+        Self {
+            event: key("event"),
+            orders: key("orders"),
+            idem: key("idem"),
+            users: key("users"),
+            stream: key("stream"),
+            dead: key("dead"),
+        }
+    }
+
+    /// The event an order stream belongs to: XREADGROUP replies name streams, not events.
+    pub fn event_of_stream(stream_key: &str) -> Option<EventId> {
+        let id = stream_key.strip_prefix(TAG_PREFIX)?.strip_suffix(STREAM_SUFFIX)?;
+        EventId::parse(id).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_of_an_event_shares_one_hash_tag() {
+        let id = EventId::parse("drop-1").unwrap();
+        let keys = EventKeys::new(&id);
+        for key in [&keys.event, &keys.orders, &keys.idem, &keys.users, &keys.stream, &keys.dead] {
+            assert!(key.starts_with("fs:{ev:drop-1}:"), "{key}");
+        }
+        assert_eq!(EventKeys::event_of_stream(&keys.stream), Some(id));
+        assert_eq!(EventKeys::event_of_stream(&keys.orders), None);
+    }
+}

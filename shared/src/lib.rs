@@ -1,0 +1,31 @@
+//! What the flashsale gateway (`flashsale-api`) and worker (`flashsale-worker`) must agree on.
+//!
+//! Both processes talk to the same Redis keys through the same Lua scripts; keeping the key
+//! layout, the record formats and the script wrappers here means there is exactly one place
+//! where a purchase, an order or a stream entry is defined.
+//!
+//! # Layout
+//! - [`domain`]: validated identifiers (`EventId`, `UserId`, `IdempotencyKey`, `OrderId`) and
+//!   time helpers. Once a value exists it is valid.
+//! - [`keys`]: every Redis key and channel name, built in one place, with one hash tag per
+//!   event so that every script is Redis Cluster-safe.
+//! - [`scripts`]: the Lua scripts of `lua/`, loaded with `include_str!`.
+//! - [`event`], [`purchase`], [`order`], [`stream`]: one module per step a purchase goes
+//!   through, each wrapping its script with typed arguments and outcomes.
+//! - [`audit`]: the books-balance invariant, used by tests and by `flashsale-worker check`.
+//! - [`config`], [`telemetry`], [`shutdown`]: the process plumbing both binaries share.
+
+pub mod audit;
+pub mod config;
+pub mod domain;
+pub mod event;
+pub mod keys;
+pub mod order;
+pub mod purchase;
+pub mod scripts;
+pub mod shutdown;
+pub mod stream;
+pub mod telemetry;
+
+pub use domain::{EventId, IdempotencyKey, InvalidField, OrderId, UserId};
+pub use keys::EventKeys;

@@ -1,0 +1,122 @@
+//! The purchase: one call of `lua/purchase.lua`, which checks the event, the idempotency
+//! entry, the sale window, the stock and the per-user total, then reserves and enqueues.
+
+use redis::RedisResult;
+use redis::aio::ConnectionLike;
+
+use crate::domain::{IdempotencyKey, OrderId, UserId};
+use crate::keys::EventKeys;
+use crate::order::OrderRecord;
+use crate::scripts::{PURCHASE, Reply, unexpected};
+
+/// The idempotency scope of a purchase within its event: (user, key). Without an
+/// `Idempotency-Key` the scope is the user alone, so a plain retry is recognised. The two
+/// live in separate namespaces: a user id never contains `|`, so `user` can never equal
+/// `user|key`, whatever the key's text.
+pub fn scope(user: &UserId, key: Option<&IdempotencyKey>) -> String {
+    match key {
+        None => user.as_str().to_owned(),
+        Some(key) => format!("{user}|{key}"),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PurchaseOutcome {
+    /// Stock reserved and the order enqueued; `remaining` is the stock left after it.
+    Accepted {
+        order_id: OrderId,
+        order: OrderRecord,
+        remaining: u64,
+    },
+    /// Same scope and payload as an earlier successful purchase: that order, as it is now.
+    Replayed {
+        order_id: OrderId,
+        order: OrderRecord,
+    },
+    /// Same scope, different payload.
+    KeyMismatch {
+        order_id: OrderId,
+    },
+    EventNotFound,
+    /// More units in one request than the event allows per user.
+    QuantityOverLimit {
+        limit: u32,
+    },
+    SaleNotActive,
+    SoldOut {
+        remaining: u64,
+    },
+    LimitExceeded {
+        held: u32,
+        limit: u32,
+    },
+}
+
+/// Runs the purchase script. `new_order_id` is used only if the purchase is accepted.
+pub async fn purchase(
+    conn: &mut impl ConnectionLike,
+    keys: &EventKeys,
+    scope: &str,
+    user: &UserId,
+    quantity: u32,
+    new_order_id: OrderId,
+) -> RedisResult<PurchaseOutcome> {
+    let reply = PURCHASE
+        .key(&keys.event)
+        .key(&keys.idem)
+        .key(&keys.users)
+        .key(&keys.orders)
+        .key(&keys.stream)
+        .arg(scope)
+        .arg(user.as_str())
+        .arg(quantity)
+        .arg(new_order_id.to_string())
+        .invoke_async(conn)
+        .await?;
+    parse(Reply::new(reply)?)
+}
+
+fn parse(reply: Reply) -> RedisResult<PurchaseOutcome> {
+    let order_id = |reply: &Reply| {
+        let text = reply.str(1)?;
+        OrderId::parse(text)
+            .ok_or_else(|| unexpected("an order id", &redis::Value::SimpleString(text.into())))
+    };
+    let record = |reply: &Reply| {
+        let text = reply.str(2)?;
+        OrderRecord::parse(text)
+            .ok_or_else(|| unexpected("an order record", &redis::Value::SimpleString(text.into())))
+    };
+    Ok(match reply.str(0)? {
+        "accepted" => PurchaseOutcome::Accepted {
+            order_id: order_id(&reply)?,
+            order: record(&reply)?,
+            remaining: reply.int(3)?.max(0) as u64,
+        },
+        "replayed" => PurchaseOutcome::Replayed { order_id: order_id(&reply)?, order: record(&reply)? },
+        "idempotency_key_mismatch" => PurchaseOutcome::KeyMismatch { order_id: order_id(&reply)? },
+        "event_not_found" => PurchaseOutcome::EventNotFound,
+        "quantity_over_limit" => PurchaseOutcome::QuantityOverLimit { limit: reply.int(1)? as u32 },
+        "sale_not_active" => PurchaseOutcome::SaleNotActive,
+        "sold_out" => PurchaseOutcome::SoldOut { remaining: reply.int(1)?.max(0) as u64 },
+        "limit_exceeded" => {
+            PurchaseOutcome::LimitExceeded { held: reply.int(1)? as u32, limit: reply.int(2)? as u32 }
+        }
+        other => return Err(unexpected("a purchase outcome", &redis::Value::SimpleString(other.into()))),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn implicit_and_explicit_scopes_never_collide() {
+        let user = UserId::parse("alice").unwrap();
+        let key = IdempotencyKey::parse(b"alice").unwrap();
+        assert_eq!(scope(&user, None), "alice");
+        assert_eq!(scope(&user, Some(&key)), "alice|alice");
+        // Another user whose id looks like a scoped key cannot exist: `|` is not allowed.
+        assert!(UserId::parse("alice|alice").is_err());
+    }
+}

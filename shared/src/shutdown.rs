@@ -1,0 +1,38 @@
+//! Graceful shutdown: both binaries stop on the first SIGINT or SIGTERM and propagate it to
+//! every task through one `CancellationToken`.
+
+use tokio_util::sync::CancellationToken;
+
+/// Resolves on the first SIGINT (Ctrl-C) or SIGTERM (what orchestrators send).
+pub async fn signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; only SIGINT stops this process");
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown signal received");
+}
+
+/// A token cancelled by the first signal.
+pub fn on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        signal().await;
+        cancel.cancel();
+    });
+    token
+}
