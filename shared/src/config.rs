@@ -68,6 +68,12 @@ impl RedisUrl {
     }
 }
 
+impl RedisUrl {
+    pub fn info(&self) -> &ConnectionInfo {
+        &self.info
+    }
+}
+
 impl fmt::Display for RedisUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.redacted)

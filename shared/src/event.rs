@@ -60,7 +60,10 @@ pub async fn put(
         "replaced" => PutOutcome::Replaced,
         "conflict" => PutOutcome::Conflict,
         other => {
-            return Err(scripts::unexpected("a put_event outcome", &redis::Value::SimpleString(other.into())));
+            return Err(scripts::unexpected(
+                "a put_event outcome",
+                &redis::Value::SimpleString(other.into()),
+            ));
         }
     };
     if outcome != PutOutcome::Conflict {

@@ -82,7 +82,10 @@ pub async fn finalize(
                 other => match other.strip_prefix("dead_lettered:") {
                     Some(reason) => EntryOutcome::DeadLettered(reason.to_owned()),
                     None => {
-                        return Err(unexpected("an entry outcome", &redis::Value::SimpleString(other.into())));
+                        return Err(unexpected(
+                            "an entry outcome",
+                            &redis::Value::SimpleString(other.into()),
+                        ));
                     }
                 },
             };

@@ -15,7 +15,8 @@ use crate::config::{LogArgs, LogFormat};
 /// tests that start several instances) leaves the first subscriber in place.
 pub fn init_tracing(args: &LogArgs) -> Result<(), String> {
     let filter = EnvFilter::try_new(&args.log_filter).map_err(|e| format!("invalid RUST_LOG: {e}"))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(true);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(true).with_ansi(ansi);
     let _ = match args.log_format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),

@@ -1,0 +1,48 @@
+//! Finding events: new events appear in `fs:events` when an operator creates them; the
+//! worker creates its group on each new stream and starts consuming it without a restart.
+
+use std::sync::Arc;
+
+use flashsale_shared::{EventKeys, event, stream};
+use redis::RedisResult;
+use tokio::sync::watch;
+
+use crate::Ctx;
+use crate::consumer::EventStream;
+
+pub(crate) async fn discovery_loop(ctx: Arc<Ctx>, streams: watch::Sender<Arc<Vec<EventStream>>>) {
+    let mut tick = tokio::time::interval(crate::config::ms(ctx.config.discovery_interval_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = ctx.stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        if let Err(error) = discover(&ctx, &streams).await {
+            ctx.metrics.redis_errors.increment(1);
+            tracing::warn!(%error, "event discovery failed; retrying");
+        }
+    }
+}
+
+/// One pass: registers groups for events not seen before and publishes the new list.
+pub(crate) async fn discover(ctx: &Ctx, streams: &watch::Sender<Arc<Vec<EventStream>>>) -> RedisResult<()> {
+    let mut conn = ctx.redis.clone();
+    let mut ids = event::list(&mut conn).await?;
+    ids.sort();
+    let current = streams.borrow().clone();
+    if current.len() == ids.len() && current.iter().zip(&ids).all(|(s, id)| &s.event == id) {
+        return Ok(());
+    }
+    let mut next = Vec::with_capacity(ids.len());
+    for id in ids {
+        let keys = EventKeys::new(&id);
+        if !current.iter().any(|s| s.event == id) {
+            stream::ensure_group(&mut conn, &keys).await?;
+            tracing::info!(event = %id, "consuming a new event");
+        }
+        next.push(EventStream { event: id, keys });
+    }
+    streams.send_replace(Arc::new(next));
+    Ok(())
+}

@@ -1,0 +1,136 @@
+//! flashsale's order worker.
+//!
+//! Every accepted purchase is an entry `{order = id}` on its event's stream. Workers share
+//! one consumer group per stream; each entry is finalized (pending -> confirmed) and
+//! acknowledged in one atomic script, so crashes, redeliveries and racing workers never
+//! count an order twice. Entries a dead worker held are claimed after `CLAIM_MIN_IDLE_MS`;
+//! entries delivered more than `MAX_DELIVERIES` times, or unreadable, are dead-lettered and
+//! their orders' units returned.
+//!
+//! # Layout
+//! - [`run`]: starts the loops and the metrics server, stops them on shutdown.
+//! - [`consumer`]: reading (own pending, new, claimed) and finalizing.
+//! - [`discovery`]: new events are picked up without a restart.
+//! - `maintenance`: gauges and trimming of acknowledged history.
+//! - [`check`]: the `check` operator command (books-balance invariant).
+//! - [`metrics`]: the worker's Prometheus series.
+
+pub mod check;
+pub mod config;
+pub mod consumer;
+pub mod discovery;
+mod maintenance;
+pub mod metrics;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use bb8_redis::RedisConnectionManager;
+use redis::aio::{ConnectionManager, MultiplexedConnection};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub use crate::config::Config;
+use crate::consumer::EventStream;
+use crate::metrics::WorkerMetrics;
+
+/// What the worker's loops share.
+#[derive(Debug)]
+pub(crate) struct Ctx {
+    config: Config,
+    consumer: String,
+    /// The shared multiplexed connection, for every non-blocking command.
+    redis: ConnectionManager,
+    /// Connections for blocking reads, whose response timeout exceeds the BLOCK time.
+    blocking: bb8::Pool<RedisConnectionManager>,
+    metrics: Arc<WorkerMetrics>,
+    streams: watch::Receiver<Arc<Vec<EventStream>>>,
+    stop: CancellationToken,
+}
+
+/// Gives each pooled connection a response timeout longer than a blocking read (redis-rs
+/// defaults to 500 ms, which would fail every `BLOCK 1000` read).
+#[derive(Debug)]
+struct BlockingTimeout(std::time::Duration);
+
+impl bb8::CustomizeConnection<MultiplexedConnection, redis::RedisError> for BlockingTimeout {
+    fn on_acquire<'a>(
+        &'a self,
+        conn: &'a mut MultiplexedConnection,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), redis::RedisError>> + Send + 'a>> {
+        conn.set_response_timeout(self.0);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Runs the worker until `shutdown` resolves: then it stops reading, finishes the batch in
+/// hand (a blocking read lasts at most `BLOCK_MS`), and returns. Entries read but not
+/// finished stay in this consumer's pending list for its successor or a claimer.
+pub async fn run(
+    config: Config,
+    metrics_listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let consumer = config.consumer();
+    let redis = config.redis.connection_manager().map_err(std::io::Error::other)?;
+    let blocking = bb8::Pool::builder()
+        .max_size(2)
+        .connection_timeout(config.redis.timeout())
+        .connection_customizer(Box::new(BlockingTimeout(config.block() + config.redis.timeout())))
+        .build_unchecked(
+            RedisConnectionManager::new(config.redis.redis_url.info().clone())
+                .map_err(std::io::Error::other)?,
+        );
+    let metrics = Arc::new(WorkerMetrics::new());
+    let stop = CancellationToken::new();
+    let (streams_tx, streams_rx) = watch::channel(Arc::new(Vec::new()));
+    let ctx = Arc::new(Ctx {
+        config,
+        consumer: consumer.clone(),
+        redis,
+        blocking,
+        metrics: metrics.clone(),
+        streams: streams_rx,
+        stop: stop.clone(),
+    });
+    tracing::info!(
+        consumer = %consumer,
+        redis = %ctx.config.redis.redis_url,
+        metrics = %metrics_listener.local_addr()?,
+        "flashsale-worker starting"
+    );
+
+    // Know the events before the first read, so own pending entries of every event come first.
+    if let Err(error) = discovery::discover(&ctx, &streams_tx).await {
+        tracing::warn!(%error, "initial event discovery failed; the discovery loop retries");
+    }
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(consumer::consume_loop(ctx.clone()));
+    tasks.spawn(consumer::claim_loop(ctx.clone()));
+    tasks.spawn(discovery::discovery_loop(ctx.clone(), streams_tx));
+    tasks.spawn(maintenance::stats_loop(ctx.clone()));
+    tasks.spawn(maintenance::trim_loop(ctx.clone()));
+    let server_stop = stop.clone();
+    tasks.spawn(async move {
+        let server = axum::serve(metrics_listener, metrics::router(metrics))
+            .with_graceful_shutdown(async move { server_stop.cancelled().await });
+        if let Err(error) = server.await {
+            tracing::error!(%error, "metrics server failed");
+        }
+    });
+
+    tokio::select! {
+        () = shutdown => {}
+        () = stop.cancelled() => {}
+    }
+    stop.cancel();
+    while let Some(joined) = tasks.join_next().await {
+        if let Err(error) = joined {
+            tracing::error!(%error, "worker task panicked");
+        }
+    }
+    tracing::info!("flashsale-worker stopped");
+    Ok(())
+}

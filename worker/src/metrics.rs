@@ -1,0 +1,155 @@
+//! The worker's Prometheus series (names are a contract for dashboards and alerts) and the
+//! small HTTP server that exposes them with `/healthz`.
+//!
+//! - `flashsale_orders_finalized_total`: orders confirmed by this worker.
+//! - `flashsale_orders_dead_lettered_total`: entries this worker moved to a dead-letter stream.
+//! - `flashsale_entries_skipped_total`: entries already finished elsewhere (redeliveries).
+//! - `flashsale_entries_claimed_total`: entries taken over from idle consumers.
+//! - `flashsale_finalize_lag_seconds`: reservation to confirmation.
+//! - `flashsale_stream_pending`, `flashsale_stream_backlog`: delivered-but-unacknowledged and
+//!   not-yet-delivered entries, over all events (group-wide: every worker reports the same).
+//! - `flashsale_event_stock`, `flashsale_event_remaining`, `flashsale_event_confirmed`
+//!   `{event}`: each event's units.
+//! - `flashsale_worker_redis_errors_total`: failed Redis calls (retried).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use axum::Router;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use flashsale_shared::EventId;
+use flashsale_shared::telemetry::Metrics;
+use metrics::{Counter, Gauge, Histogram};
+
+/// Lag spans milliseconds (a healthy worker) to minutes (a backlog after an outage).
+const LAG_BUCKETS: &[f64] =
+    &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+
+#[derive(Debug)]
+pub struct WorkerMetrics {
+    registry: Metrics,
+    pub finalized: Counter,
+    pub dead_lettered: Counter,
+    pub skipped: Counter,
+    pub claimed: Counter,
+    pub redis_errors: Counter,
+    pub trimmed: Counter,
+    pub finalize_lag: Histogram,
+    pub stream_pending: Gauge,
+    pub stream_backlog: Gauge,
+    per_event: Mutex<HashMap<EventId, EventGauges>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct EventGauges {
+    pub stock: Gauge,
+    pub remaining: Gauge,
+    pub confirmed: Gauge,
+}
+
+impl WorkerMetrics {
+    pub fn new() -> Self {
+        let registry = Metrics::new(&[("flashsale_finalize_lag_seconds", LAG_BUCKETS)]);
+        Self {
+            finalized: registry.counter(
+                "flashsale_orders_finalized_total",
+                "Orders confirmed by this worker.",
+                &[],
+            ),
+            dead_lettered: registry.counter(
+                "flashsale_orders_dead_lettered_total",
+                "Stream entries moved to a dead-letter stream by this worker.",
+                &[],
+            ),
+            skipped: registry.counter(
+                "flashsale_entries_skipped_total",
+                "Entries whose order was already final or that another worker had acknowledged.",
+                &[],
+            ),
+            claimed: registry.counter(
+                "flashsale_entries_claimed_total",
+                "Entries taken over from idle consumers (XAUTOCLAIM).",
+                &[],
+            ),
+            redis_errors: registry.counter(
+                "flashsale_worker_redis_errors_total",
+                "Failed Redis calls (the work is retried).",
+                &[],
+            ),
+            trimmed: registry.counter(
+                "flashsale_stream_trimmed_total",
+                "Acknowledged entries trimmed from order streams.",
+                &[],
+            ),
+            finalize_lag: registry.histogram(
+                "flashsale_finalize_lag_seconds",
+                "Time from reservation (202) to confirmation.",
+                &[],
+            ),
+            stream_pending: registry.gauge(
+                "flashsale_stream_pending",
+                "Entries delivered to a worker but not acknowledged, over all events.",
+                &[],
+            ),
+            stream_backlog: registry.gauge(
+                "flashsale_stream_backlog",
+                "Entries not yet delivered to any worker, over all events.",
+                &[],
+            ),
+            per_event: Mutex::new(HashMap::new()),
+            registry,
+        }
+    }
+
+    /// The gauges of one event, registered the first time the event is seen.
+    pub fn event(&self, event: &EventId) -> EventGauges {
+        let mut map = self.per_event.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(event.clone())
+            .or_insert_with(|| {
+                let labels = [("event", event.as_str())];
+                EventGauges {
+                    stock: self.registry.gauge("flashsale_event_stock", "Units put on sale.", &labels),
+                    remaining: self.registry.gauge(
+                        "flashsale_event_remaining",
+                        "Units not reserved by a pending or confirmed order.",
+                        &labels,
+                    ),
+                    confirmed: self.registry.gauge(
+                        "flashsale_event_confirmed",
+                        "Units in orders finalized by the workers.",
+                        &labels,
+                    ),
+                }
+            })
+            .clone()
+    }
+
+    pub fn render(&self) -> String {
+        self.registry.render()
+    }
+
+    pub fn run_upkeep(&self) {
+        self.registry.run_upkeep();
+    }
+}
+
+impl Default for WorkerMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `/metrics` and `/healthz` (the process is up and its loops are running).
+pub fn router(metrics: std::sync::Arc<WorkerMetrics>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || async move {
+                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], metrics.render())
+                    .into_response()
+            }),
+        )
+        .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
+}
