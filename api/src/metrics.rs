@@ -28,6 +28,9 @@ pub const HTTP_REQUEST_DURATION: &str = "flashsale_http_request_duration_seconds
 /// The route whose requests also count as purchases.
 pub const PURCHASE_ROUTE: &str = "/v1/events/{event_id}/purchases";
 
+/// Request count and latency handles of one (method, route, status).
+type HttpSeries = HashMap<(Method, Arc<str>, u16), (Counter, Histogram)>;
+
 #[derive(Debug)]
 pub struct ApiMetrics {
     registry: Metrics,
@@ -41,7 +44,7 @@ pub struct ApiMetrics {
     purchase_duration: Histogram,
     /// Handles per (method, route[, status]), registered on first use and then reused, so a
     /// request costs one read-locked lookup instead of building label sets.
-    http: RwLock<HashMap<(Method, Arc<str>, u16), (Counter, Histogram)>>,
+    http: RwLock<HttpSeries>,
 }
 
 impl ApiMetrics {

@@ -1,0 +1,41 @@
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+
+use crate::helpers::spawn_app;
+
+#[tokio::test]
+async fn probes_report_process_and_redis() {
+    let mut app = crate::helpers::spawn_app_with(|c| c.redis.redis_timeout_ms = 300).await;
+    assert_eq!(app.api.send(Method::GET, "/healthz", &[], None).await.status, StatusCode::OK);
+    assert_eq!(app.api.send(Method::GET, "/readyz", &[], None).await.status, StatusCode::OK);
+    app.api.create_event("drop", 5, 1).await;
+
+    app.redis.kill();
+    let started = Instant::now();
+    let purchase = app.api.purchase("drop", "alice", 1, None).await;
+    purchase.assert_problem(503, "unavailable");
+    assert_eq!(purchase.header("retry-after"), Some("1"));
+    assert!(started.elapsed() < Duration::from_secs(2), "503 must come fast, took {:?}", started.elapsed());
+    app.api.send(Method::GET, "/readyz", &[], None).await.assert_problem(503, "unavailable");
+    app.api.get_event("drop").await.assert_problem(503, "unavailable");
+    assert_eq!(app.api.send(Method::GET, "/healthz", &[], None).await.status, StatusCode::OK);
+
+    // Back by itself once Redis is back (this one starts empty: scripts reload on NOSCRIPT).
+    app.redis.restart();
+    testkit::wait_until(Duration::from_secs(10), "readiness after Redis restart", || async {
+        (app.api.send(Method::GET, "/readyz", &[], None).await.status == StatusCode::OK).then_some(())
+    })
+    .await;
+    app.api.create_event("again", 1, 1).await;
+    assert_eq!(app.api.purchase("again", "alice", 1, None).await.status, StatusCode::ACCEPTED);
+}
+
+#[tokio::test]
+async fn every_response_carries_a_request_id() {
+    let app = spawn_app().await;
+    let reply = app.api.send(Method::GET, "/healthz", &[], None).await;
+    assert!(reply.header("x-request-id").is_some_and(|id| id.len() == 36));
+    let echoed = app.api.send(Method::GET, "/healthz", &[("x-request-id", "trace-me-42")], None).await;
+    assert_eq!(echoed.header("x-request-id"), Some("trace-me-42"));
+}

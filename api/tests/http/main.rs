@@ -1,0 +1,13 @@
+#![allow(unreachable_pub)] // test helpers are `pub` for the sibling modules of this binary
+
+//! The gateway's HTTP contract, against a real private Redis (and a real worker where an
+//! order must be confirmed). One test binary; one Redis per test, so tests run in parallel.
+
+mod helpers;
+
+mod events;
+mod health;
+mod metrics;
+mod orders;
+mod purchases;
+mod validation;

@@ -1,0 +1,207 @@
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::ADMIN_TOKEN;
+
+/// A free loopback port (bound and released; the OS does not hand it out again at once).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
+}
+
+/// Path of a workspace binary (`flashsale-api`, `flashsale-worker`), building it if a lone
+/// `cargo test -p ...` did not.
+pub fn binary(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    // Test executables live in target/<profile>/deps; binaries one level up.
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir").to_path_buf();
+    let path = dir.join(name);
+    if !path.exists() {
+        BUILT.get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "--bin", "flashsale-api", "--bin", "flashsale-worker"])
+                .status()
+                .expect("run cargo build");
+            assert!(status.success(), "building the binaries failed");
+        });
+    }
+    assert!(path.exists(), "{} not found", path.display());
+    path
+}
+
+/// A child process that is SIGKILLed when dropped, so a failing test leaves nothing behind.
+#[derive(Debug)]
+struct Proc {
+    child: Option<Child>,
+    name: String,
+}
+
+impl Proc {
+    fn spawn(name: &str, env: &[(&str, String)]) -> Self {
+        let mut cmd = Command::new(binary(name));
+        cmd.env_remove("ADMIN_TOKEN").env("LOG_FORMAT", "text").stdin(Stdio::null());
+        if std::env::var_os("TEST_LOG").is_none() {
+            cmd.env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::null());
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        Self { child: Some(child), name: name.to_owned() }
+    }
+
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.as_ref().expect("running").id() as i32)
+    }
+
+    fn signal(&self, signal: Signal) {
+        kill(self.pid(), signal).unwrap_or_else(|e| panic!("{signal} to {}: {e}", self.name));
+    }
+
+    fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Waits (polling) for the process to exit; panics after `timeout`.
+    async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{} did not exit within {timeout:?}", self.name);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+async fn wait_http_ok(url: &str, timeout: Duration, proc: &mut Proc) {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + timeout;
+    loop {
+        assert!(proc.is_running(), "{} exited during start-up", proc.name);
+        if let Ok(r) = client.get(url).timeout(Duration::from_millis(500)).send().await
+            && r.status().is_success()
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{url} not healthy within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `flashsale-api` as a child process.
+#[derive(Debug)]
+pub struct Gateway {
+    proc: Proc,
+    pub addr: SocketAddr,
+}
+
+impl Gateway {
+    /// Starts a gateway on a free port with the test admin token; `env` adds or overrides
+    /// settings. Returns once `/healthz` answers.
+    pub async fn start(redis_url: &str, env: &[(&str, &str)]) -> Self {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut vars = vec![
+            ("REDIS_URL", redis_url.to_owned()),
+            ("LISTEN_ADDR", addr.to_string()),
+            ("ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
+        ];
+        vars.extend(env.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        let mut proc = Proc::spawn("flashsale-api", &vars);
+        wait_http_ok(&format!("http://{addr}/healthz"), Duration::from_secs(20), &mut proc).await;
+        Self { proc, addr }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn api(&self) -> crate::Api {
+        crate::Api::new(&self.base_url())
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        self.proc.signal(signal);
+    }
+
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        self.proc.wait_exit(timeout).await
+    }
+}
+
+/// `flashsale-worker` as a child process.
+#[derive(Debug)]
+pub struct Worker {
+    proc: Proc,
+    pub metrics_addr: SocketAddr,
+    env: Vec<(String, String)>,
+}
+
+impl Worker {
+    /// Starts a worker named `consumer`; `env` adds or overrides settings. Returns once its
+    /// `/healthz` answers.
+    pub async fn start(redis_url: &str, consumer: &str, env: &[(&str, &str)]) -> Self {
+        let metrics_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut vars = vec![
+            ("REDIS_URL".to_owned(), redis_url.to_owned()),
+            ("METRICS_ADDR".to_owned(), metrics_addr.to_string()),
+            ("CONSUMER_NAME".to_owned(), consumer.to_owned()),
+        ];
+        vars.extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        let mut worker = Self { proc: Self::spawn(&vars), metrics_addr, env: vars };
+        worker.wait_healthy().await;
+        worker
+    }
+
+    fn spawn(vars: &[(String, String)]) -> Proc {
+        let borrowed: Vec<(&str, String)> = vars.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        Proc::spawn("flashsale-worker", &borrowed)
+    }
+
+    async fn wait_healthy(&mut self) {
+        let url = format!("http://{}/healthz", self.metrics_addr);
+        wait_http_ok(&url, Duration::from_secs(20), &mut self.proc).await;
+    }
+
+    /// Starts the same worker again (same name, same settings) after it exited or was killed.
+    pub async fn restart(&mut self) {
+        self.proc = Self::spawn(&self.env);
+        self.wait_healthy().await;
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        self.proc.signal(signal);
+    }
+
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        self.proc.wait_exit(timeout).await
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.metrics_addr))
+            .await
+            .expect("worker metrics reachable")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+}
