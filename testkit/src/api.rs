@@ -59,7 +59,7 @@ impl Api {
         Self { base: base.trim_end_matches('/').to_owned(), client }
     }
 
-    /// Sends a request; `body` is sent as JSON when given.
+    /// Sends a request; `body` is sent as JSON when given. Panics when nothing answers.
     pub async fn send(
         &self,
         method: Method,
@@ -67,6 +67,18 @@ impl Api {
         headers: &[(&str, &str)],
         body: Option<&Value>,
     ) -> Reply {
+        self.try_send(method, path, headers, body).await.expect("request sent")
+    }
+
+    /// Like [`Api::send`], but a connection failure is returned, not a panic (for tests that
+    /// kill gateways).
+    pub async fn try_send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Result<Reply, reqwest::Error> {
         let mut request = self.client.request(method, format!("{}{path}", self.base));
         for (k, v) in headers {
             request = request.header(*k, *v);
@@ -74,12 +86,12 @@ impl Api {
         if let Some(body) = body {
             request = request.header("content-type", "application/json").body(body.to_string());
         }
-        let response = request.send().await.expect("request sent");
+        let response = request.send().await?;
         let status = response.status();
         let headers = response.headers().clone();
-        let text = response.text().await.unwrap_or_default();
+        let text = response.text().await?;
         let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Reply { status, headers, body, text }
+        Ok(Reply { status, headers, body, text })
     }
 
     pub async fn put_event(&self, event: &str, config: Value) -> Reply {
@@ -100,9 +112,19 @@ impl Api {
 
     /// POSTs a purchase of `quantity` units for `user`, with an `Idempotency-Key` if given.
     pub async fn purchase(&self, event: &str, user: &str, quantity: u32, key: Option<&str>) -> Reply {
+        self.try_purchase(event, user, quantity, key).await.expect("request sent")
+    }
+
+    pub async fn try_purchase(
+        &self,
+        event: &str,
+        user: &str,
+        quantity: u32,
+        key: Option<&str>,
+    ) -> Result<Reply, reqwest::Error> {
         let headers: Vec<(&str, &str)> = key.map(|k| vec![("idempotency-key", k)]).unwrap_or_default();
         let body = json!({"user_id": user, "quantity": quantity});
-        self.send(Method::POST, &format!("/v1/events/{event}/purchases"), &headers, Some(&body)).await
+        self.try_send(Method::POST, &format!("/v1/events/{event}/purchases"), &headers, Some(&body)).await
     }
 
     pub async fn get_order(&self, event: &str, order_id: &str) -> Reply {
