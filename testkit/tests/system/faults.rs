@@ -146,7 +146,7 @@ async fn a_malformed_entry_is_dead_lettered_and_the_orders_around_it_confirmed()
     api.create_event("drop", 40, 1).await;
     let mut conn = redis.conn().await;
     let keys = keys("drop");
-    assert_eq!(crowd(&[api.clone()], "drop", 10, 8).await.count(202), 10);
+    assert_eq!(crowd(std::slice::from_ref(&api), "drop", 10, 8).await.count(202), 10);
     let _: String = redis::cmd("XADD")
         .arg(&keys.stream)
         .arg("*")
@@ -277,7 +277,9 @@ async fn buyers_recording_every_answer(
     concurrency: usize,
 ) -> (Vec<(u16, Duration)>, Vec<String>) {
     use futures_util::StreamExt;
-    let results: Vec<(Vec<(u16, Duration)>, Option<String>)> = futures_util::stream::iter(0..buyers)
+    /// One buyer's answers (status, latency) and the order it ended up holding.
+    type Buyer = (Vec<(u16, Duration)>, Option<String>);
+    let results: Vec<Buyer> = futures_util::stream::iter(0..buyers)
         .map(|i| {
             let api = api.clone();
             async move {
