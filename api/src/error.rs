@@ -183,26 +183,42 @@ impl ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// An RFC 9457 problem document: every error response of the API.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// A URI reference naming the problem type: `/problems/<code>`.
     #[serde(rename = "type")]
+    #[schema(example = "/problems/sold_out")]
     type_uri: String,
-    title: &'a str,
+    /// A short, human-readable summary of the problem type.
+    #[schema(value_type = String, example = "Sold out")]
+    title: &'static str,
+    /// The HTTP status code.
+    #[schema(example = 409)]
     status: u16,
+    /// What happened in this occurrence, and what the client can do.
     detail: String,
-    code: &'a str,
+    /// Machine-readable problem code, stable across versions (see the README).
+    #[schema(value_type = String, example = "sold_out")]
+    code: &'static str,
+    /// For `invalid_fields` and `invalid_header`: each offending field and why.
     #[serde(skip_serializing_if = "Option::is_none")]
-    invalid_params: Option<Vec<InvalidParam<'a>>>,
+    invalid_params: Option<Vec<InvalidParam>>,
+    /// For `idempotency_key_mismatch`: the order this scope already names.
     #[serde(skip_serializing_if = "Option::is_none")]
     order_id: Option<String>,
+    /// For `unavailable`: whether the request may have taken effect (retry it as is).
     #[serde(skip_serializing_if = "Option::is_none")]
     outcome_unknown: Option<bool>,
 }
 
-#[derive(Serialize)]
-struct InvalidParam<'a> {
-    name: &'a str,
-    reason: &'a str,
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct InvalidParam {
+    /// The field (or header) name.
+    #[schema(value_type = String)]
+    name: &'static str,
+    /// Why it was refused.
+    reason: String,
 }
 
 /// The problem's code, attached to the response so metrics middleware can tell outcomes
@@ -228,10 +244,12 @@ impl IntoResponse for ApiError {
             detail: self.detail(),
             code,
             invalid_params: match &self {
-                Self::InvalidFields(fields) => {
-                    Some(fields.iter().map(|f| InvalidParam { name: f.field, reason: &f.reason }).collect())
+                Self::InvalidFields(fields) => Some(
+                    fields.iter().map(|f| InvalidParam { name: f.field, reason: f.reason.clone() }).collect(),
+                ),
+                Self::InvalidHeader(f) => {
+                    Some(vec![InvalidParam { name: f.field, reason: f.reason.clone() }])
                 }
-                Self::InvalidHeader(f) => Some(vec![InvalidParam { name: f.field, reason: &f.reason }]),
                 _ => None,
             },
             order_id: match &self {

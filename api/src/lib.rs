@@ -17,6 +17,7 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod metrics;
+pub mod openapi;
 pub mod routes;
 
 use std::future::Future;
@@ -25,8 +26,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderName, Request};
-use axum::routing::{get, post, put};
+use axum::http::{HeaderName, Request, header};
+use axum::routing::get;
 use redis::RedisResult;
 use redis::aio::ConnectionManager;
 use tokio::net::TcpListener;
@@ -34,6 +35,9 @@ use tokio_util::sync::CancellationToken;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::config::AdminToken;
 pub use crate::config::Config;
@@ -100,18 +104,18 @@ impl AppState {
 }
 
 /// Every route, with the middleware stack (outermost first): request id, tracing, metrics,
-/// problem documents for every error, request timeout, body limit.
+/// problem documents for every error, request timeout, body limit. The OpenAPI document is
+/// generated from the same list of handlers and served at `/openapi.json`.
 pub fn router(state: AppState) -> Router {
-    use routes::{events, health, orders, purchases};
+    let (routes, openapi) = api_routes().split_for_parts();
+    let document = openapi.to_pretty_json().unwrap_or_default();
     let metrics = state.0.metrics.clone();
     let timeout = state.0.request_timeout;
-    Router::new()
-        .route("/v1/events/{event_id}", put(events::put_event).get(events::get_event))
-        .route(metrics::PURCHASE_ROUTE, post(purchases::create))
-        .route("/v1/events/{event_id}/orders/{order_id}", get(orders::get_order))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
+    routes
+        .route(
+            "/openapi.json",
+            get(move || async move { ([(header::CONTENT_TYPE, "application/json")], document) }),
+        )
         .fallback(|| async { ApiError::RouteNotFound })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn(move |req, next| request_timeout(timeout, req, next)))
@@ -129,6 +133,23 @@ pub fn router(state: AppState) -> Router {
         )
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .with_state(state)
+}
+
+/// The documented routes: each handler's `#[utoipa::path]` gives its method and path.
+fn api_routes() -> OpenApiRouter<AppState> {
+    use routes::{events, health, orders, purchases};
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(events::put_event, events::get_event))
+        .routes(routes!(purchases::create))
+        .routes(routes!(orders::get_order))
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::metrics))
+}
+
+/// The OpenAPI document as served at `/openapi.json` (for tools and tests).
+pub fn openapi_json() -> String {
+    api_routes().into_openapi().to_pretty_json().unwrap_or_default()
 }
 
 /// Bounds a whole request: whatever hangs, the client gets a 503 problem in bounded time.

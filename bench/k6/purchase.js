@@ -16,6 +16,7 @@ const EVENT = __ENV.EVENT;
 const PREFIX = __ENV.PREFIX || 'k';
 const EXPECT = parseInt(__ENV.EXPECT || '202', 10);
 const VUS = parseInt(__ENV.VUS || '100', 10);
+const RATE = parseInt(__ENV.RATE || '1000', 10);
 
 const unexpected = new Counter('unexpected_status');
 
@@ -25,7 +26,7 @@ export const options = {
   scenarios: {
     purchases: {
       executor: 'constant-arrival-rate',
-      rate: parseInt(__ENV.RATE || '1000', 10),
+      rate: RATE,
       timeUnit: '1s',
       duration: __ENV.DURATION || '8s',
       preAllocatedVUs: VUS,
@@ -51,7 +52,7 @@ export function handleSummary(data) {
   const value = (name, field) => (m[name] && m[name].values[field] !== undefined ? m[name].values[field] : 0);
   const d = (field) => value('http_req_duration', field) * 1000; // ms -> us
   const out = {
-    offered_rate: options.scenarios.purchases.rate,
+    offered_rate: RATE,
     requests: value('http_reqs', 'count'),
     rate: value('http_reqs', 'rate'),
     dropped_iterations: value('dropped_iterations', 'count'),

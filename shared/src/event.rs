@@ -80,7 +80,7 @@ pub async fn list(conn: &mut impl ConnectionLike) -> RedisResult<Vec<EventId>> {
     Ok(ids.into_iter().filter_map(|id| EventId::parse(id).ok()).collect())
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EventState {
     Upcoming,

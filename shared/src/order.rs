@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::domain::OrderId;
 use crate::keys::EventKeys;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OrderStatus {
     /// Stock reserved and enqueued; the worker has not finalized it yet.

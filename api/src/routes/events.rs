@@ -10,26 +10,39 @@ use flashsale_shared::{EventId, InvalidField};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use super::EventPath;
 use crate::AppState;
 use crate::auth::Admin;
-use crate::error::ApiError;
+use crate::error::{ApiError, Problem};
 use crate::extract::JsonBody;
+use crate::openapi::{BodyProblems, ServerProblems};
 
 /// Larger stocks would not be exact in Lua's double-precision numbers.
 const MAX_STOCK: u64 = 1_000_000_000;
 const MAX_NAME_LEN: usize = 200;
 
-#[derive(Debug, Deserialize)]
+/// An event's configuration. It can be replaced until the first order is accepted.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PutEventBody {
+    /// Units on sale.
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
     stock: u64,
+    /// Most units one user may hold over all their orders of this event.
     #[serde(default = "one")]
+    #[schema(minimum = 1, default = 1)]
     per_user_limit: u32,
+    /// A display name.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 200)]
     name: Option<String>,
+    /// Start of the sale window (inclusive), RFC 3339. Absent: open now.
     #[serde(default, with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     starts_at: Option<OffsetDateTime>,
+    /// End of the sale window (exclusive), RFC 3339; after `starts_at`. Absent: no end.
     #[serde(default, with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     ends_at: Option<OffsetDateTime>,
 }
 
@@ -75,17 +88,22 @@ impl PutEventBody {
 }
 
 /// An event as clients see it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EventView {
     event_id: String,
     name: Option<String>,
+    /// Units put on sale.
     stock: u64,
+    /// Units not held by a pending or confirmed order.
     remaining: u64,
+    /// Units in orders the worker has confirmed.
     confirmed: u64,
     per_user_limit: u32,
     #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     starts_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     ends_at: Option<OffsetDateTime>,
     state: EventState,
 }
@@ -116,11 +134,33 @@ async fn load(state: &AppState, id: &EventId) -> Result<EventView, ApiError> {
     Ok(EventView::new(id, snapshot))
 }
 
-/// 201 when created, 200 when unchanged or replaced before any sale, 409 once it has sales.
+/// Create or replace an event (admin).
+///
+/// 201 when created, 200 when the same configuration is put again or a different one
+/// replaces it before any sale, 409 `event_conflict` once the event has sales.
+#[utoipa::path(
+    put,
+    path = "/v1/events/{event_id}",
+    tag = "events",
+    params(EventPath),
+    request_body = PutEventBody,
+    security(("admin_token" = [])),
+    responses(
+        (status = 201, description = "Created", body = EventView,
+         headers(("Location" = String, description = "The event's URL"))),
+        (status = 200, description = "Unchanged, or replaced before any sale", body = EventView),
+        (status = 401, description = "Missing or wrong admin token", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 409, description = "`event_conflict`: the event has sales", body = Problem,
+         content_type = "application/problem+json"),
+        BodyProblems,
+        ServerProblems,
+    )
+)]
 pub async fn put_event(
     _admin: Admin,
     State(state): State<AppState>,
-    Path(event_id): Path<String>,
+    Path(EventPath { event_id }): Path<EventPath>,
     JsonBody(body): JsonBody<PutEventBody>,
 ) -> Result<Response, ApiError> {
     let id = super::event_id(event_id)?;
@@ -145,9 +185,23 @@ pub async fn put_event(
     Ok(response)
 }
 
+/// An event's configuration, live counters and state.
+#[utoipa::path(
+    get,
+    path = "/v1/events/{event_id}",
+    tag = "events",
+    params(EventPath),
+    responses(
+        (status = 200, description = "The event", body = EventView),
+        (status = 404, description = "`event_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`invalid_fields`: malformed event id", body = Problem,
+         content_type = "application/problem+json"),
+        ServerProblems,
+    )
+)]
 pub async fn get_event(
     State(state): State<AppState>,
-    Path(event_id): Path<String>,
+    Path(EventPath { event_id }): Path<EventPath>,
 ) -> Result<Json<EventView>, ApiError> {
     let id = super::event_id(event_id)?;
     Ok(Json(load(&state, &id).await?))

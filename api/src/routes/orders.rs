@@ -5,25 +5,33 @@ use axum::extract::{Path, State};
 use flashsale_shared::domain::from_unix_ms;
 use flashsale_shared::order::{self, OrderRecord, OrderStatus};
 use flashsale_shared::{EventId, EventKeys, OrderId};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::AppState;
-use crate::error::ApiError;
+use crate::error::{ApiError, Problem};
+use crate::openapi::ServerProblems;
 
 /// An order as clients see it (the 202 and replay bodies, and order polling).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct OrderView {
+    /// A random UUID (unguessable: 122 random bits).
     pub order_id: String,
     pub event_id: String,
     pub user_id: String,
     pub quantity: u32,
     pub status: OrderStatus,
+    /// When the stock was reserved.
     #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: OffsetDateTime,
+    /// Present once a worker confirmed the order.
     #[serde(with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub confirmed_at: Option<OffsetDateTime>,
+    /// Present once the order failed (its units went back on sale).
     #[serde(with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub failed_at: Option<OffsetDateTime>,
 }
 
@@ -48,9 +56,34 @@ impl OrderView {
     }
 }
 
+/// The `{event_id}/orders/{order_id}` path segments.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct OrderPath {
+    /// The event: 1-64 characters of `[A-Za-z0-9._:-]`.
+    #[param(pattern = r"^[A-Za-z0-9._:-]{1,64}$", min_length = 1, max_length = 64)]
+    event_id: String,
+    /// The order id from the purchase's 202 (a UUID).
+    order_id: String,
+}
+
+/// An order and its status: `pending` until a worker confirms it.
+#[utoipa::path(
+    get,
+    path = "/v1/events/{event_id}/orders/{order_id}",
+    tag = "purchases",
+    params(OrderPath),
+    responses(
+        (status = 200, description = "The order", body = OrderView),
+        (status = 404, description = "`order_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`invalid_fields`: malformed event id", body = Problem,
+         content_type = "application/problem+json"),
+        ServerProblems,
+    )
+)]
 pub async fn get_order(
     State(state): State<AppState>,
-    Path((event_id, order_id)): Path<(String, String)>,
+    Path(OrderPath { event_id, order_id }): Path<OrderPath>,
 ) -> Result<Json<OrderView>, ApiError> {
     let event = super::event_id(event_id)?;
     let order_id = OrderId::parse(&order_id).ok_or(ApiError::OrderNotFound)?;

@@ -12,19 +12,26 @@ use flashsale_shared::purchase::{self, PurchaseOutcome};
 use flashsale_shared::{EventKeys, IdempotencyKey, InvalidField, OrderId, UserId};
 use serde::Deserialize;
 
+use super::EventPath;
 use super::orders::OrderView;
 use crate::AppState;
-use crate::error::ApiError;
+use crate::error::{ApiError, Problem};
 use crate::extract::JsonBody;
+use crate::openapi::{BodyProblems, ServerProblems};
 
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
-#[derive(Debug, Deserialize)]
+/// A purchase request.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PurchaseBody {
+    /// The buyer: 1-128 characters of `[A-Za-z0-9._:-]`.
+    #[schema(pattern = r"^[A-Za-z0-9._:-]{1,128}$", min_length = 1, max_length = 128)]
     user_id: String,
+    /// Units to buy: 1 to the event's `per_user_limit`.
     #[serde(default = "one")]
+    #[schema(minimum = 1, default = 1)]
     quantity: u32,
 }
 
@@ -32,9 +39,41 @@ fn one() -> u32 {
     1
 }
 
+/// Buy units of an event.
+///
+/// One atomic step checks the sale window, the idempotency scope, the stock and the user's
+/// limit, reserves the units and enqueues the order; the answer comes at once. The
+/// idempotency scope is (event, user, `Idempotency-Key`); without the header it is the user,
+/// so a plain retry is recognised. Repeating a successful purchase replays it (200) in every
+/// state of the event; rejected requests are not remembered.
+#[utoipa::path(
+    post,
+    path = "/v1/events/{event_id}/purchases",
+    tag = "purchases",
+    params(
+        EventPath,
+        ("Idempotency-Key" = Option<String>, Header, max_length = 255, min_length = 1,
+         pattern = r"^[\x20-\x7E]+$",
+         description = "Client-chosen key for this purchase (1-255 printable ASCII characters)"),
+    ),
+    request_body = PurchaseBody,
+    responses(
+        (status = 202, description = "Accepted: stock reserved, order pending", body = OrderView,
+         headers(("Location" = String, description = "Where to poll the order"))),
+        (status = 200, description = "A replay of an earlier successful purchase: the same order, as it is now",
+         body = OrderView,
+         headers(("Idempotent-Replayed" = String, description = "Always `true`"),
+                 ("Location" = String, description = "Where to poll the order"))),
+        (status = 404, description = "`event_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`sold_out`, `limit_exceeded` or `sale_not_active`", body = Problem,
+         content_type = "application/problem+json"),
+        BodyProblems,
+        ServerProblems,
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
-    Path(event_id): Path<String>,
+    Path(EventPath { event_id }): Path<EventPath>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<PurchaseBody>,
 ) -> Result<Response, ApiError> {

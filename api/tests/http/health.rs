@@ -39,3 +39,30 @@ async fn every_response_carries_a_request_id() {
     let echoed = app.api.send(Method::GET, "/healthz", &[("x-request-id", "trace-me-42")], None).await;
     assert_eq!(echoed.header("x-request-id"), Some("trace-me-42"));
 }
+
+#[tokio::test]
+async fn the_openapi_document_covers_every_route_and_problem() {
+    let app = spawn_app().await;
+    let reply = app.api.send(Method::GET, "/openapi.json", &[], None).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let doc = reply.body;
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
+    let paths = doc["paths"].as_object().expect("paths");
+    for (path, method) in [
+        ("/v1/events/{event_id}", "put"),
+        ("/v1/events/{event_id}", "get"),
+        ("/v1/events/{event_id}/purchases", "post"),
+        ("/v1/events/{event_id}/orders/{order_id}", "get"),
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        ("/metrics", "get"),
+    ] {
+        assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} undocumented");
+    }
+    let purchase = &paths["/v1/events/{event_id}/purchases"]["post"]["responses"];
+    for status in ["200", "202", "400", "404", "409", "413", "415", "422", "500", "503"] {
+        assert!(purchase.get(status).is_some(), "purchase response {status} undocumented");
+    }
+    assert!(purchase["409"]["content"].get("application/problem+json").is_some());
+    assert!(paths["/v1/events/{event_id}"]["put"]["security"].is_array(), "admin route declares its token");
+}
