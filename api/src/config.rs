@@ -36,6 +36,15 @@ pub struct Config {
     /// kept (replays keep working until then), in seconds.
     #[arg(long, env = "IDEMPOTENCY_RETENTION_SECS", default_value_t = 86_400)]
     pub idempotency_retention_secs: u64,
+
+    /// Answer `sold_out` from a local flag once an event is sold out (see `sold_out.rs`).
+    #[arg(long, env = "SOLD_OUT_CACHE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub sold_out_cache: bool,
+
+    /// How often each local sold-out flag is re-validated against Redis.
+    #[arg(long, env = "SOLD_OUT_REFRESH_MS", default_value_t = 25,
+          value_parser = clap::value_parser!(u64).range(5..=1_000))]
+    pub sold_out_refresh_ms: u64,
 }
 
 impl Config {
@@ -49,6 +58,8 @@ impl Config {
             request_timeout_ms: 3000,
             shutdown_timeout_ms: 10_000,
             idempotency_retention_secs: 86_400,
+            sold_out_cache: true,
+            sold_out_refresh_ms: 25,
         }
     }
 

@@ -19,6 +19,7 @@ pub mod extract;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
+pub mod sold_out;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -43,6 +44,7 @@ use crate::config::AdminToken;
 pub use crate::config::Config;
 use crate::error::ApiError;
 use crate::metrics::ApiMetrics;
+use crate::sold_out::SoldOutBoard;
 
 /// Request bodies above this size are refused with 413 before they are read.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -61,6 +63,7 @@ struct Inner {
     admin_token: Option<AdminToken>,
     idempotency_retention: Duration,
     metrics: Arc<ApiMetrics>,
+    sold_out: Arc<SoldOutBoard>,
 }
 
 impl AppState {
@@ -72,6 +75,10 @@ impl AppState {
             admin_token: config.admin_token.clone(),
             idempotency_retention: config.idempotency_retention(),
             metrics: Arc::new(ApiMetrics::new()),
+            sold_out: Arc::new(SoldOutBoard::new(
+                config.sold_out_cache,
+                Duration::from_millis(config.sold_out_refresh_ms),
+            )),
         })))
     }
 
@@ -85,6 +92,15 @@ impl AppState {
 
     pub fn metrics(&self) -> &ApiMetrics {
         &self.0.metrics
+    }
+
+    pub fn sold_out(&self) -> &Arc<SoldOutBoard> {
+        &self.0.sold_out
+    }
+
+    /// Tells the sold-out board what a script answer revealed about an event's stock.
+    pub fn observe_remaining(&self, event: &flashsale_shared::EventId, remaining: u64) {
+        self.0.sold_out.observe(&self.0.redis, event, remaining);
     }
 
     /// Runs one Redis operation on the shared connection under the Redis deadline, mapping
@@ -185,6 +201,9 @@ pub async fn run(
     let background = CancellationToken::new();
     tokio::spawn(warm_up_scripts(state.clone(), background.clone()));
     tokio::spawn(metrics_upkeep(state.clone(), background.clone()));
+    tokio::spawn(state.sold_out().clone().refresh_loop(state.0.redis.clone(), background.clone()));
+    let client = config.redis.client().map_err(std::io::Error::other)?;
+    tokio::spawn(state.sold_out().clone().listen_loop(client, background.clone()));
 
     let draining = CancellationToken::new();
     let drain_started = draining.clone();

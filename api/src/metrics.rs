@@ -3,6 +3,7 @@
 //! - `flashsale_purchases_total{outcome}`: accepted, replayed, sold_out, limit_exceeded,
 //!   sale_not_active, rejected (any other 4xx), error (5xx).
 //! - `flashsale_purchase_duration_seconds`: purchase latency, all outcomes.
+//! - `flashsale_sold_out_local_total`: purchases answered `sold_out` from the local flag.
 //! - `flashsale_http_requests_total{method,route,status}` and
 //!   `flashsale_http_request_duration_seconds{method,route}`: by matched route, never by raw
 //!   path (unmatched requests share `route="unmatched"`), so cardinality stays bounded.
@@ -22,6 +23,7 @@ use crate::error::ProblemCode;
 
 pub const PURCHASES_TOTAL: &str = "flashsale_purchases_total";
 pub const PURCHASE_DURATION: &str = "flashsale_purchase_duration_seconds";
+pub const SOLD_OUT_LOCAL_TOTAL: &str = "flashsale_sold_out_local_total";
 pub const HTTP_REQUESTS_TOTAL: &str = "flashsale_http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "flashsale_http_request_duration_seconds";
 
@@ -42,6 +44,7 @@ pub struct ApiMetrics {
     rejected: Counter,
     error: Counter,
     purchase_duration: Histogram,
+    sold_out_local: Counter,
     /// Handles per (method, route[, status]), registered on first use and then reused, so a
     /// request costs one read-locked lookup instead of building label sets.
     http: RwLock<HttpSeries>,
@@ -67,9 +70,19 @@ impl ApiMetrics {
                 "Time to answer a purchase request, all outcomes.",
                 &[],
             ),
+            sold_out_local: registry.counter(
+                SOLD_OUT_LOCAL_TOTAL,
+                "Purchases answered sold_out from the gateway's local flag, without Redis.",
+                &[],
+            ),
             http: RwLock::new(HashMap::new()),
             registry,
         }
+    }
+
+    /// A purchase answered from the local sold-out flag (also counted as `sold_out`).
+    pub fn sold_out_locally(&self) {
+        self.sold_out_local.increment(1);
     }
 
     pub fn render(&self) -> String {

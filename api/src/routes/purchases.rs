@@ -94,8 +94,12 @@ pub async fn create(
         }
     };
 
-    let keys = EventKeys::new(&event);
     let scope = purchase::scope(&user, key.as_ref());
+    if state.sold_out().answers_sold_out(&event, &scope, quantity) {
+        state.metrics().sold_out_locally();
+        return Err(ApiError::SoldOut);
+    }
+    let keys = EventKeys::new(&event);
     let outcome = state
         .redis(true, |mut conn| async move {
             purchase::purchase(&mut conn, &keys, &scope, &user, quantity, OrderId::random()).await
@@ -103,7 +107,8 @@ pub async fn create(
         .await?;
 
     match outcome {
-        PurchaseOutcome::Accepted { order_id, order, .. } => {
+        PurchaseOutcome::Accepted { order_id, order, remaining } => {
+            state.observe_remaining(&event, remaining);
             Ok(order_response(StatusCode::ACCEPTED, OrderView::new(&event, order_id, order), false))
         }
         PurchaseOutcome::Replayed { order_id, order } => {
@@ -116,7 +121,10 @@ pub async fn create(
             format!("must be between 1 and this event's per_user_limit ({limit})"),
         ))),
         PurchaseOutcome::SaleNotActive => Err(ApiError::SaleNotActive),
-        PurchaseOutcome::SoldOut { .. } => Err(ApiError::SoldOut),
+        PurchaseOutcome::SoldOut { remaining } => {
+            state.observe_remaining(&event, remaining);
+            Err(ApiError::SoldOut)
+        }
         PurchaseOutcome::LimitExceeded { held, limit } => Err(ApiError::LimitExceeded { held, limit }),
     }
 }

@@ -10,4 +10,5 @@ mod health;
 mod metrics;
 mod orders;
 mod purchases;
+mod sold_out;
 mod validation;
