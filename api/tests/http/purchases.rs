@@ -165,3 +165,31 @@ async fn concurrent_distinct_buyers_never_oversell() {
     assert_eq!(app.api.get_event("drop").await.body["remaining"], 0);
     testkit::assert_books_balance(&app.redis.url(), "drop", false).await;
 }
+
+#[tokio::test]
+async fn idempotency_entries_and_user_totals_expire_after_the_event() {
+    let app = crate::helpers::spawn_app_with(|c| c.idempotency_retention_secs = 3600).await;
+    let ends = time::OffsetDateTime::now_utc() + Duration::from_secs(600);
+    let ends_text = ends.format(&time::format_description::well_known::Rfc3339).unwrap();
+    app.api.put_event("timed", json!({"stock": 5, "ends_at": ends_text})).await;
+    app.api.create_event("open-ended", 5, 1).await;
+    for event in ["timed", "open-ended"] {
+        assert_eq!(app.api.purchase(event, "alice", 1, None).await.status, StatusCode::ACCEPTED);
+        assert_eq!(app.api.purchase(event, "bob", 1, None).await.status, StatusCode::ACCEPTED);
+    }
+    let mut conn = app.redis.conn().await;
+    let keys = |e: &str| flashsale_shared::EventKeys::new(&flashsale_shared::EventId::parse(e).unwrap());
+    let expected_ms = flashsale_shared::domain::to_unix_ms(ends) + 3_600_000;
+    for key in [keys("timed").idem, keys("timed").users] {
+        let expires_at: i64 = redis::cmd("PEXPIRETIME").arg(&key).query_async(&mut conn).await.unwrap();
+        assert!(
+            (expires_at - expected_ms).abs() < 1000,
+            "{key} expires at {expires_at}, want ~{expected_ms}"
+        );
+    }
+    // The orders themselves are the record and stay; an event without an end keeps everything.
+    let orders_ttl: i64 = redis::cmd("PTTL").arg(keys("timed").orders).query_async(&mut conn).await.unwrap();
+    assert_eq!(orders_ttl, -1);
+    let open_ttl: i64 = redis::cmd("PTTL").arg(keys("open-ended").idem).query_async(&mut conn).await.unwrap();
+    assert_eq!(open_ttl, -1);
+}
