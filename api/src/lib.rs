@@ -241,11 +241,8 @@ async fn warm_up_scripts(state: AppState, stop: CancellationToken) {
 }
 
 async fn metrics_upkeep(state: AppState, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = tick.tick() => state.metrics().run_upkeep(),
-        }
+    let mut ticker = flashsale_shared::shutdown::Ticker::new(Duration::from_secs(5), stop);
+    while ticker.tick().await {
+        state.metrics().run_upkeep();
     }
 }

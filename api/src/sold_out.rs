@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use flashsale_shared::keys::STOCK_RETURNED_CHANNEL;
+use flashsale_shared::shutdown::Ticker;
 use flashsale_shared::{EventId, EventKeys};
 use redis::RedisResult;
 use redis::aio::ConnectionManager;
@@ -154,13 +155,8 @@ impl SoldOutBoard {
         if !self.enabled {
             return;
         }
-        let mut tick = tokio::time::interval(self.refresh);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                _ = tick.tick() => {}
-            }
+        let mut ticker = Ticker::new(self.refresh, stop);
+        while ticker.tick().await {
             let flags: Vec<(String, Arc<Flag>)> = match self.flags.read() {
                 Ok(flags) if !flags.is_empty() => flags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
                 _ => continue,

@@ -36,3 +36,28 @@ pub fn on_signal() -> CancellationToken {
     });
     token
 }
+
+/// A periodic tick for background loops that ends when `stop` is cancelled:
+/// `while ticker.tick().await { ... }`. A slow iteration delays the next tick rather than
+/// causing a burst of catch-up ticks.
+#[derive(Debug)]
+pub struct Ticker {
+    interval: tokio::time::Interval,
+    stop: CancellationToken,
+}
+
+impl Ticker {
+    pub fn new(period: std::time::Duration, stop: CancellationToken) -> Self {
+        let mut interval = tokio::time::interval(period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self { interval, stop }
+    }
+
+    /// Waits for the next tick; `false` once stopped.
+    pub async fn tick(&mut self) -> bool {
+        tokio::select! {
+            () = self.stop.cancelled() => false,
+            _ = self.interval.tick() => true,
+        }
+    }
+}

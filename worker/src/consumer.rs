@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flashsale_shared::keys::CONSUMER_GROUP;
+use flashsale_shared::shutdown::Ticker;
 use flashsale_shared::stream::{self, EntryOutcome};
 use flashsale_shared::{EventId, EventKeys};
 use redis::{RedisError, RedisResult, Value};
@@ -213,13 +214,8 @@ fn record(ctx: &Ctx, stream: &EventStream, done: &[stream::FinalizedEntry]) {
 /// Takes over entries that sat unacknowledged longer than `CLAIM_MIN_IDLE_MS` in any
 /// consumer's pending list, whatever happened to that consumer.
 pub(crate) async fn claim_loop(ctx: Arc<Ctx>) {
-    let mut tick = tokio::time::interval(crate::config::ms(ctx.config.claim_interval_ms));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = ctx.stop.cancelled() => break,
-            _ = tick.tick() => {}
-        }
+    let mut ticker = Ticker::new(crate::config::ms(ctx.config.claim_interval_ms), ctx.stop.clone());
+    while ticker.tick().await {
         let streams = ctx.streams.borrow().clone();
         for stream in streams.iter() {
             if let Err(error) = claim_stream(&ctx, stream).await {

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use flashsale_shared::shutdown::Ticker;
 use flashsale_shared::{EventKeys, event, stream};
 use redis::RedisResult;
 use tokio::sync::watch;
@@ -11,13 +12,8 @@ use crate::Ctx;
 use crate::consumer::EventStream;
 
 pub(crate) async fn discovery_loop(ctx: Arc<Ctx>, streams: watch::Sender<Arc<Vec<EventStream>>>) {
-    let mut tick = tokio::time::interval(crate::config::ms(ctx.config.discovery_interval_ms));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = ctx.stop.cancelled() => break,
-            _ = tick.tick() => {}
-        }
+    let mut ticker = Ticker::new(crate::config::ms(ctx.config.discovery_interval_ms), ctx.stop.clone());
+    while ticker.tick().await {
         if let Err(error) = discover(&ctx, &streams).await {
             ctx.metrics.redis_errors.increment(1);
             tracing::warn!(%error, "event discovery failed; retrying");

@@ -3,19 +3,15 @@
 use std::sync::Arc;
 
 use flashsale_shared::keys::CONSUMER_GROUP;
+use flashsale_shared::shutdown::Ticker;
 use flashsale_shared::stream;
 use redis::{RedisResult, Value};
 
 use crate::Ctx;
 
 pub(crate) async fn stats_loop(ctx: Arc<Ctx>) {
-    let mut tick = tokio::time::interval(crate::config::ms(ctx.config.stats_interval_ms));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = ctx.stop.cancelled() => break,
-            _ = tick.tick() => {}
-        }
+    let mut ticker = Ticker::new(crate::config::ms(ctx.config.stats_interval_ms), ctx.stop.clone());
+    while ticker.tick().await {
         if let Err(error) = refresh_gauges(&ctx).await {
             tracing::debug!(%error, "gauge refresh failed");
         }
@@ -86,13 +82,8 @@ fn group_info(reply: &Value) -> Option<(i64, i64)> {
 
 /// Keeps streams from growing forever: only acknowledged history goes (see `lua/trim.lua`).
 pub(crate) async fn trim_loop(ctx: Arc<Ctx>) {
-    let mut tick = tokio::time::interval(crate::config::ms(ctx.config.trim_interval_ms));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = ctx.stop.cancelled() => break,
-            _ = tick.tick() => {}
-        }
+    let mut ticker = Ticker::new(crate::config::ms(ctx.config.trim_interval_ms), ctx.stop.clone());
+    while ticker.tick().await {
         let streams = ctx.streams.borrow().clone();
         let mut conn = ctx.redis.clone();
         for s in streams.iter() {

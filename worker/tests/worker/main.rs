@@ -58,6 +58,29 @@ async fn create_event(conn: &mut MultiplexedConnection, id: &str, stock: u64) ->
     (id, keys)
 }
 
+/// Delivers up to `count` new entries to `consumer` (as a worker's read would) and returns
+/// their ids, leaving them pending.
+async fn deliver(
+    conn: &mut MultiplexedConnection,
+    keys: &EventKeys,
+    consumer: &str,
+    count: usize,
+) -> Vec<String> {
+    let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(CONSUMER_GROUP)
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(count)
+        .arg("STREAMS")
+        .arg(&keys.stream)
+        .arg(">")
+        .query_async(conn)
+        .await
+        .unwrap();
+    reply.keys.into_iter().flat_map(|k| k.ids).map(|e| e.id).collect()
+}
+
 async fn buy(conn: &mut MultiplexedConnection, keys: &EventKeys, user: &str) -> OrderId {
     let user = UserId::parse(user).unwrap();
     let scope = purchase::scope(&user, None);
@@ -104,17 +127,8 @@ async fn finalizing_an_entry_twice_changes_nothing_the_second_time() {
     let (id, keys) = create_event(&mut conn, "drop", 5).await;
     let order = buy(&mut conn, &keys, "alice").await;
     stream::ensure_group(&mut conn, &keys).await.unwrap();
-    let delivered: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg(CONSUMER_GROUP)
-        .arg("manual")
-        .arg("STREAMS")
-        .arg(&keys.stream)
-        .arg(">")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let entry = delivered.keys[0].ids[0].id.clone();
+    let delivered = deliver(&mut conn, &keys, "manual", 100).await;
+    let entry = delivered[0].clone();
     let first = stream::finalize(&mut conn, &id, &keys, std::slice::from_ref(&entry), 5).await.unwrap();
     let second = stream::finalize(&mut conn, &id, &keys, std::slice::from_ref(&entry), 5).await.unwrap();
     assert_eq!(
@@ -131,18 +145,8 @@ async fn finalizing_an_entry_twice_changes_nothing_the_second_time() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let again: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg(CONSUMER_GROUP)
-        .arg("manual")
-        .arg("STREAMS")
-        .arg(&keys.stream)
-        .arg(">")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let duplicate =
-        stream::finalize(&mut conn, &id, &keys, &[again.keys[0].ids[0].id.clone()], 5).await.unwrap();
+    let again = deliver(&mut conn, &keys, "manual", 100).await;
+    let duplicate = stream::finalize(&mut conn, &id, &keys, &again[..1], 5).await.unwrap();
     assert_eq!(duplicate[0].outcome, EntryOutcome::Duplicate);
     let books = testkit::assert_books_balance(&redis.url(), "drop", true).await;
     assert_eq!((books.confirmed_counter, books.units_confirmed), (1, 1));
@@ -170,16 +174,7 @@ async fn a_restarted_worker_finishes_its_own_pending_entries_first() {
     }
     // "w1" read everything and died before finishing anything.
     stream::ensure_group(&mut conn, &keys).await.unwrap();
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg(CONSUMER_GROUP)
-        .arg("w1")
-        .arg("STREAMS")
-        .arg(&keys.stream)
-        .arg(">")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    deliver(&mut conn, &keys, "w1", 100).await;
 
     // Back under the same name, with claims far off: its own pending list is read first.
     let worker = start_worker(&redis, "w1", |c| c.claim_min_idle_ms = 3_600_000).await;
@@ -198,19 +193,7 @@ async fn trimming_drops_acknowledged_history_and_keeps_anything_pending() {
     }
     // A consumer that finished the first 20 entries and holds the 21st forever.
     stream::ensure_group(&mut conn, &keys).await.unwrap();
-    let delivered: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg(CONSUMER_GROUP)
-        .arg("stuck")
-        .arg("COUNT")
-        .arg(21)
-        .arg("STREAMS")
-        .arg(&keys.stream)
-        .arg(">")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let ids: Vec<String> = delivered.keys[0].ids.iter().map(|e| e.id.clone()).collect();
+    let ids = deliver(&mut conn, &keys, "stuck", 21).await;
     stream::finalize(&mut conn, &id, &keys, &ids[..20], 5).await.unwrap();
     for i in 0..50 {
         buy(&mut conn, &keys, &format!("user-{i}")).await;
