@@ -116,10 +116,9 @@ async fn a_stopped_worker_is_claimed_from_and_its_late_batch_changes_nothing() {
     let b = Worker::start(&redis.url(), "worker-b", &knobs).await;
     let books = wait_drained(&redis.url(), "drop", Duration::from_secs(30)).await;
     assert_eq!(books.units_confirmed, 3000);
-    assert!(
-        counter(&b.metrics().await, "flashsale_entries_claimed_total") >= held as f64,
-        "b claimed a's {held}"
-    );
+    // (`held` is approximate: a script or read A sent just before the signal still runs.)
+    assert!(counter(&b.metrics().await, "flashsale_entries_claimed_total") > 0.0, "b claimed a's ~{held}");
+    assert_eq!(pending_of(&mut conn, "drop", "worker-a").await, 0, "nothing left with the stopped worker");
 
     a.signal(Signal::SIGCONT);
     // A wakes up with its stale batch; whatever it does with it must change nothing.
