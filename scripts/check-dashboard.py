@@ -76,7 +76,9 @@ def wait_until(what: str, predicate, timeout: float, interval: float = 0.1):
         except (OSError, ValueError, KeyError) as error:  # not up yet
             last_error = error
         time.sleep(interval)
-    raise CheckFailed(f"timed out after {timeout:.0f}s waiting for {what}" + (f" ({last_error})" if last_error else ""))
+    raise CheckFailed(
+        f"timed out after {timeout:.0f}s waiting for {what}" + (f" ({last_error})" if last_error else "")
+    )
 
 
 def http(method: str, url: str, body=None, headers=None, timeout: float = 5.0):
@@ -107,17 +109,16 @@ class Stack:
         self.admin_token = secrets.token_hex(16)
 
     def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-        log_file = open(self.dir / f"{name}.log", "wb")
-        proc = subprocess.Popen(
-            argv,
-            env={**os.environ, **(env or {})},
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            cwd=self.dir,
-            start_new_session=True,  # our signal handling decides when children stop
-        )
-        log_file.close()
+        with open(self.dir / f"{name}.log", "wb") as log_file:  # the child keeps its own copy
+            proc = subprocess.Popen(
+                argv,
+                env={**os.environ, **(env or {})},
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                cwd=self.dir,
+                start_new_session=True,  # our signal handling decides when children stop
+            )
         self.procs.append((name, proc))
         return proc
 
@@ -140,8 +141,19 @@ class Stack:
         port = free_port()
         proc = self.start(
             "redis",
-            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.dir)],
+            [
+                "redis-server",
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.dir),
+            ],
         )
 
         def ping():
@@ -159,8 +171,12 @@ class Stack:
         proc = self.start(
             name,
             [str(self.bin / "flashsale-api")],
-            {"REDIS_URL": redis_url, "LISTEN_ADDR": f"127.0.0.1:{port}", "ADMIN_TOKEN": self.admin_token,
-             "RUST_LOG": "warn"},
+            {
+                "REDIS_URL": redis_url,
+                "LISTEN_ADDR": f"127.0.0.1:{port}",
+                "ADMIN_TOKEN": self.admin_token,
+                "RUST_LOG": "warn",
+            },
         )
         self.wait_http(name, proc, f"http://127.0.0.1:{port}/readyz")
         return f"http://127.0.0.1:{port}", port
@@ -170,9 +186,15 @@ class Stack:
         proc = self.start(
             name,
             [str(self.bin / "flashsale-worker")],
-            {"REDIS_URL": redis_url, "METRICS_ADDR": f"127.0.0.1:{port}", "CONSUMER_NAME": name,
-             "RUST_LOG": "warn", "STATS_INTERVAL_MS": "250", "DISCOVERY_INTERVAL_MS": "250",
-             "TRIM_INTERVAL_MS": "1000"},
+            {
+                "REDIS_URL": redis_url,
+                "METRICS_ADDR": f"127.0.0.1:{port}",
+                "CONSUMER_NAME": name,
+                "RUST_LOG": "warn",
+                "STATS_INTERVAL_MS": "250",
+                "DISCOVERY_INTERVAL_MS": "250",
+                "TRIM_INTERVAL_MS": "1000",
+            },
         )
         self.wait_http(name, proc, f"http://127.0.0.1:{port}/healthz")
         return port
@@ -200,12 +222,23 @@ class Stack:
         if version < (1, 27, 3):  # `resolve` in upstream servers needs nginx >= 1.27.3
             conf = re.sub(r"(server 127\.0\.0\.1:\d+) resolve", r"\1", conf)
         # Temp paths inside the prefix, so nginx runs without root.
-        temp = "".join(f"    {kind}_temp_path {prefix}/{kind};\n" for kind in
-                       ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        temp = "".join(
+            f"    {kind}_temp_path {prefix}/{kind};\n"
+            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
         conf = conf.replace("http {\n", "http {\n" + temp, 1)
         (prefix / "nginx.conf").write_text(conf)
-        argv = [binary, "-e", "stderr", "-p", str(prefix), "-c", str(prefix / "nginx.conf"),
-                "-g", f"daemon off; pid {prefix}/nginx.pid;"]
+        argv = [
+            binary,
+            "-e",
+            "stderr",
+            "-p",
+            str(prefix),
+            "-c",
+            str(prefix / "nginx.conf"),
+            "-g",
+            f"daemon off; pid {prefix}/nginx.pid;",
+        ]
         test = subprocess.run(argv + ["-t"], capture_output=True, text=True)
         if test.returncode != 0:
             raise CheckFailed(f"nginx -t rejected compose/nginx.conf:\n{test.stderr}")
@@ -223,16 +256,27 @@ class Stack:
             "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(ALERTS)],
             "scrape_configs": [
-                {"job_name": "gateway", "static_configs": [{"targets": [f"127.0.0.1:{p}" for p in gateway_ports]}]},
-                {"job_name": "worker", "static_configs": [{"targets": [f"127.0.0.1:{p}" for p in worker_ports]}]},
+                {
+                    "job_name": "gateway",
+                    "static_configs": [{"targets": [f"127.0.0.1:{p}" for p in gateway_ports]}],
+                },
+                {
+                    "job_name": "worker",
+                    "static_configs": [{"targets": [f"127.0.0.1:{p}" for p in worker_ports]}],
+                },
             ],
         }
         config_path = self.dir / "prometheus.yml"
         config_path.write_text(json.dumps(config, indent=2))
         proc = self.start(
             "prometheus",
-            ["prometheus", f"--config.file={config_path}", f"--storage.tsdb.path={self.dir / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+            [
+                "prometheus",
+                f"--config.file={config_path}",
+                f"--storage.tsdb.path={self.dir / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--log.level=warn",
+            ],
         )
         url = f"http://127.0.0.1:{port}"
         self.wait_http("prometheus", proc, f"{url}/-/ready", timeout=30)
@@ -276,8 +320,12 @@ class Prometheus:
 def drive_sale(admin: str, buy_urls: list[str], token: str, event: str) -> dict:
     """A short sale with every purchase outcome but `error`; returns what the buyers saw."""
     auth = {"authorization": f"Bearer {token}"}
-    status, _, body = http("PUT", f"{admin}/v1/events/{event}", {"stock": STOCK, "per_user_limit": 2,
-                                                                   "name": "dashboard check"}, auth)
+    status, _, body = http(
+        "PUT",
+        f"{admin}/v1/events/{event}",
+        {"stock": STOCK, "per_user_limit": 2, "name": "dashboard check"},
+        auth,
+    )
     if status != 201:
         raise CheckFailed(f"PUT event: {status} {body}")
     later = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -288,8 +336,9 @@ def drive_sale(admin: str, buy_urls: list[str], token: str, event: str) -> dict:
     def buy(i: int, user: str, quantity: int = 1, key: str | None = None, ev: str = event):
         url = buy_urls[i % len(buy_urls)]
         headers = {"idempotency-key": key} if key else {}
-        status, headers, body = http("POST", f"{url}/v1/events/{ev}/purchases",
-                                     {"user_id": user, "quantity": quantity}, headers)
+        status, headers, body = http(
+            "POST", f"{url}/v1/events/{ev}/purchases", {"user_id": user, "quantity": quantity}, headers
+        )
         return status, headers, body
 
     seen: dict[str, int] = {}
@@ -335,6 +384,7 @@ def drive_sale(admin: str, buy_urls: list[str], token: str, event: str) -> dict:
 
 def panels(dashboard: dict):
     """Every panel that queries data, the panels nested in collapsed rows included."""
+
     def walk(items):
         for panel in items:
             if panel.get("type") == "row":
@@ -403,16 +453,21 @@ def check_dashboard(prom: Prometheus, event: str, rate_interval: str) -> list[st
             ref = target.get("refId", "?")
             if (target.get("datasource") or {}).get("uid") != datasource_uid:
                 failures.append(f"{title} [{ref}]: target data source uid is not {datasource_uid!r}")
-            query = substitute(target.get("expr", ""), substitutions)
             try:
+                query = substitute(target.get("expr", ""), substitutions)
                 result = prom.query(query)
             except CheckFailed as error:
-                failures.append(f"{title} [{ref}]: query failed: {error}")
-                log(f"FAIL {title} [{ref}]: {query}")
+                failures.append(f"{title} [{ref}]: {error}")
+                log(f"FAIL {title} [{ref}]: {error}")
                 continue
             if not result:
                 failures.append(f"{title} [{ref}]: no data for {query}")
                 log(f"FAIL {title} [{ref}]: empty result: {query}")
+                continue
+            # NaN (e.g. a quantile of a histogram without observations) draws nothing.
+            if all(r["value"][1].lower() == "nan" for r in result):
+                failures.append(f"{title} [{ref}]: only NaN for {query}")
+                log(f"FAIL {title} [{ref}]: only NaN: {query}")
                 continue
             sample = ", ".join(
                 f"{'/'.join(v for k, v in sorted(r['metric'].items()) if k != '__name__') or '-'}"
@@ -426,6 +481,7 @@ def check_dashboard(prom: Prometheus, event: str, rate_interval: str) -> list[st
 
 def check_rules(prom: Prometheus) -> list[str]:
     """Every alert rule evaluates without error, and none is pending or firing."""
+
     def evaluated():
         groups = prom.api("/api/v1/rules")["groups"]
         rules = [r for g in groups for r in g["rules"]]
@@ -439,14 +495,16 @@ def check_rules(prom: Prometheus) -> list[str]:
             failures.append(f"alert {rule['name']}: health {rule.get('health')}: {rule.get('lastError')}")
         elif rule.get("state") not in (None, "inactive"):
             failures.append(f"alert {rule['name']} is {rule['state']} during a healthy sale")
-    log(f"{'ok' if not failures else 'FAIL':4} {len(rules)} alert rules from {ALERTS.relative_to(ROOT)} evaluate"
-        " cleanly and none fires")
+    status = "ok" if not failures else "FAIL"
+    log(f"{status:4} {len(rules)} alert rules of {ALERTS.relative_to(ROOT)} evaluate cleanly and none fires")
     return failures
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profile", default=os.environ.get("PROFILE", "release"), choices=["release", "debug"])
+    parser.add_argument(
+        "--profile", default=os.environ.get("PROFILE", "release"), choices=["release", "debug"]
+    )
     parser.add_argument("--rate-interval", default="30s", help="value of $__rate_interval (default 30s)")
     args = parser.parse_args()
 
@@ -456,8 +514,11 @@ def main() -> int:
             return 2
     for binary in ("flashsale-api", "flashsale-worker"):
         if not (ROOT / "target" / args.profile / binary).exists():
-            log(f"target/{args.profile}/{binary} not found; run cargo build --{args.profile} --bins"
-                if args.profile == "release" else f"target/debug/{binary} not found; run cargo build --bins")
+            log(
+                f"target/{args.profile}/{binary} not found; run cargo build --{args.profile} --bins"
+                if args.profile == "release"
+                else f"target/debug/{binary} not found; run cargo build --bins"
+            )
             return 2
 
     def interrupted(signum, _frame):
@@ -482,7 +543,18 @@ def main() -> int:
                 failures.append(f"load balancer: /metrics answered {status}, expected 404")
         prom_url = stack.prometheus([port for _, port in gateways], [port for port in workers])
         prom = Prometheus(prom_url)
-        log(f"stack up in {time.monotonic() - started:.1f}s: 2 gateways, 2 workers, Prometheus at {prom_url}")
+        # Scrape the idle system first, so the sale shows up as rates and latencies rather
+        # than as counters that were already final at the first scrape.
+        wait_until(
+            "Prometheus's first scrape of every gateway and worker",
+            lambda: prom.scalar("count(up == 1)") == len(gateways) + len(workers),
+            30,
+            interval=0.25,
+        )
+        log(
+            f"stack up and scraped in {time.monotonic() - started:.1f}s: 2 gateways, 2 workers,"
+            f" Prometheus at {prom_url}"
+        )
 
         event = f"dash-{secrets.token_hex(4)}"
         seen = drive_sale(gateways[0][0], buy_urls, stack.admin_token, event)
@@ -496,12 +568,24 @@ def main() -> int:
         wait_until(f"workers to confirm all {STOCK} units", drained, 30)
         wait_until(
             "Prometheus to scrape the confirmed books from every worker",
-            lambda: prom.scalar(f'min(flashsale_event_confirmed{{event="{event}"}})') == STOCK
-            and prom.scalar(f'count(flashsale_event_confirmed{{event="{event}"}})') == len(workers)
-            and prom.scalar('count(up == 1)') == len(gateways) + len(workers)
-            and prom.scalar('sum(flashsale_purchases_total{outcome="replayed"})') == seen["replayed"],
-            30, interval=0.25,
+            lambda: (
+                prom.scalar(f'min(flashsale_event_confirmed{{event="{event}"}})') == STOCK
+                and prom.scalar(f'count(flashsale_event_confirmed{{event="{event}"}})') == len(workers)
+                and prom.scalar("count(up == 1)") == len(gateways) + len(workers)
+                and prom.scalar('sum(flashsale_purchases_total{outcome="replayed"})') == seen["replayed"]
+            ),
+            30,
+            interval=0.25,
         )
+
+        # The sale created new series (HTTP routes and statuses, the event's gauges); rate()
+        # needs two samples of each. A series that already existed 2 s ago (two 1 s scrapes)
+        # has them.
+        def every_series_sampled_twice():
+            before = prom.scalar("count({__name__=~'flashsale_.+'} offset 2s)")
+            return before is not None and before == prom.scalar("count({__name__=~'flashsale_.+'})")
+
+        wait_until("a second sample of every new series", every_series_sampled_twice, 30, interval=0.25)
 
         failures += check_dashboard(prom, event, args.rate_interval)
         failures += check_rules(prom)

