@@ -20,6 +20,7 @@ use flashsale_shared::shutdown::Ticker;
 use flashsale_shared::stream::{self, EntryOutcome};
 use flashsale_shared::{EventId, EventKeys};
 use redis::{RedisError, RedisResult, Value};
+use tokio::sync::watch;
 
 use crate::Ctx;
 
@@ -38,15 +39,27 @@ pub(crate) async fn consume_loop(ctx: Arc<Ctx>) {
     let mut own_pending = true;
     let mut failures = 0u32;
     while !ctx.stop.is_cancelled() {
-        let streams = ctx.streams.borrow().clone();
+        let streams = streams_changed.borrow_and_update().clone();
         if streams.is_empty() {
             tokio::select! {
                 () = ctx.stop.cancelled() => break,
                 _ = streams_changed.changed() => continue,
             }
         }
-        let read =
-            if own_pending { read_own_pending(&ctx, &streams).await } else { read_new(&ctx, &streams).await };
+        let read = if own_pending {
+            read_own_pending(&ctx, &streams).await
+        } else {
+            match read_new(&ctx, &streams, &mut streams_changed).await {
+                Ok(Some(batches)) => Ok(batches),
+                Ok(None) => {
+                    // Interrupted by a new event. Whatever the abandoned read delivered is in
+                    // our pending list: read that first.
+                    own_pending = true;
+                    continue;
+                }
+                Err(error) => Err(error),
+            }
+        };
         let batches = match read {
             Ok(batches) => batches,
             Err(error) => {
@@ -86,8 +99,15 @@ async fn read_own_pending(ctx: &Ctx, streams: &[EventStream]) -> RedisResult<Vec
     Ok(entry_ids(reply, streams))
 }
 
-async fn read_new(ctx: &Ctx, streams: &[EventStream]) -> RedisResult<Vec<Batch>> {
-    // A blocking read parks its connection: never on the shared multiplexed one.
+/// Blocks for new entries on a pooled connection of its own (a blocking read parks its
+/// connection: never the shared multiplexed one). `None` when a new event appeared meanwhile:
+/// its first orders must not wait out a read on the old streams, so the read is abandoned and
+/// its connection, still blocked inside Redis, is discarded rather than reused.
+async fn read_new(
+    ctx: &Ctx,
+    streams: &[EventStream],
+    streams_changed: &mut watch::Receiver<Arc<Vec<EventStream>>>,
+) -> RedisResult<Option<Vec<Batch>>> {
     let mut conn = ctx.blocking.get().await.map_err(|e| match e {
         bb8::RunError::User(e) => e,
         bb8::RunError::TimedOut => RedisError::from(std::io::Error::new(
@@ -95,9 +115,14 @@ async fn read_new(ctx: &Ctx, streams: &[EventStream]) -> RedisResult<Vec<Batch>>
             "no blocking connection available in time",
         )),
     })?;
-    let reply: Value =
-        xreadgroup(ctx, streams, ">", Some(ctx.config.block_ms)).query_async(&mut *conn).await?;
-    Ok(entry_ids(reply, streams))
+    let read = xreadgroup(ctx, streams, ">", Some(ctx.config.block_ms));
+    tokio::select! {
+        reply = read.query_async::<Value>(&mut conn.conn) => Ok(Some(entry_ids(reply?, streams))),
+        _ = streams_changed.changed() => {
+            conn.abandoned = true;
+            Ok(None)
+        }
+    }
 }
 
 fn xreadgroup(ctx: &Ctx, streams: &[EventStream], id: &str, block_ms: Option<u64>) -> redis::Cmd {

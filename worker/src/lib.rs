@@ -43,24 +43,44 @@ pub(crate) struct Ctx {
     /// The shared multiplexed connection, for every non-blocking command.
     redis: ConnectionManager,
     /// Connections for blocking reads, whose response timeout exceeds the BLOCK time.
-    blocking: bb8::Pool<RedisConnectionManager>,
+    blocking: bb8::Pool<BlockingReads>,
     metrics: Arc<WorkerMetrics>,
     streams: watch::Receiver<Arc<Vec<EventStream>>>,
     stop: CancellationToken,
 }
 
-/// Gives each pooled connection a response timeout longer than a blocking read (redis-rs
-/// defaults to 500 ms, which would fail every `BLOCK 1000` read).
+/// The pool of connections for blocking reads, on top of bb8-redis's manager. Each gets a
+/// response timeout longer than a blocking read (redis-rs defaults to 500 ms, which would fail
+/// every `BLOCK 1000`), and a read abandoned mid-BLOCK marks its connection so the pool drops
+/// it: a connection still blocked inside Redis would stall the next command sent on it.
 #[derive(Debug)]
-struct BlockingTimeout(std::time::Duration);
+pub(crate) struct BlockingReads {
+    manager: RedisConnectionManager,
+    response_timeout: std::time::Duration,
+}
 
-impl bb8::CustomizeConnection<MultiplexedConnection, redis::RedisError> for BlockingTimeout {
-    fn on_acquire<'a>(
-        &'a self,
-        conn: &'a mut MultiplexedConnection,
-    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), redis::RedisError>> + Send + 'a>> {
-        conn.set_response_timeout(self.0);
-        Box::pin(async { Ok(()) })
+#[derive(Debug)]
+pub(crate) struct ReadConnection {
+    pub(crate) conn: MultiplexedConnection,
+    pub(crate) abandoned: bool,
+}
+
+impl bb8::ManageConnection for BlockingReads {
+    type Connection = ReadConnection;
+    type Error = redis::RedisError;
+
+    async fn connect(&self) -> Result<ReadConnection, redis::RedisError> {
+        let mut conn = self.manager.connect().await?;
+        conn.set_response_timeout(self.response_timeout);
+        Ok(ReadConnection { conn, abandoned: false })
+    }
+
+    async fn is_valid(&self, conn: &mut ReadConnection) -> Result<(), redis::RedisError> {
+        self.manager.is_valid(&mut conn.conn).await
+    }
+
+    fn has_broken(&self, conn: &mut ReadConnection) -> bool {
+        conn.abandoned
     }
 }
 
@@ -77,11 +97,11 @@ pub async fn run(
     let blocking = bb8::Pool::builder()
         .max_size(2)
         .connection_timeout(config.redis.timeout())
-        .connection_customizer(Box::new(BlockingTimeout(config.block() + config.redis.timeout())))
-        .build_unchecked(
-            RedisConnectionManager::new(config.redis.redis_url.info().clone())
+        .build_unchecked(BlockingReads {
+            manager: RedisConnectionManager::new(config.redis.redis_url.info().clone())
                 .map_err(std::io::Error::other)?,
-        );
+            response_timeout: config.block() + config.redis.timeout(),
+        });
     let metrics = Arc::new(WorkerMetrics::new());
     let stop = CancellationToken::new();
     let (streams_tx, streams_rx) = watch::channel(Arc::new(Vec::new()));

@@ -165,6 +165,22 @@ async fn a_new_event_is_consumed_without_a_restart() {
 }
 
 #[tokio::test]
+async fn a_new_event_does_not_wait_for_a_read_in_progress() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn().await;
+    create_event(&mut conn, "quiet", 3).await;
+    // Long blocking reads on the quiet event's stream...
+    let _worker = start_worker(&redis, "w1", |c| c.block_ms = 5_000).await;
+    tokio::time::sleep(Duration::from_millis(200)).await; // let the first long read start
+    let (_, keys) = create_event(&mut conn, "busy", 3).await;
+    buy(&mut conn, &keys, "alice").await;
+    // ... yet the new event's first order is confirmed long before that read would end.
+    let started = std::time::Instant::now();
+    wait_drained(&redis.url(), "busy", Duration::from_secs(10)).await;
+    assert!(started.elapsed() < Duration::from_millis(2_000), "took {:?}", started.elapsed());
+}
+
+#[tokio::test]
 async fn a_restarted_worker_finishes_its_own_pending_entries_first() {
     let redis = RedisServer::start();
     let mut conn = redis.conn().await;
