@@ -8,6 +8,9 @@
 //! and that a retry with the same user and key resolves it (the scripts make that retry a
 //! replay). Anything else is a bug: logged with its context, answered with an opaque 500.
 
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use flashsale_shared::{InvalidField, OrderId};
@@ -94,6 +97,34 @@ impl ApiError {
             }
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn problem(&self) -> Problem {
+        let code = self.code();
+        Problem {
+            type_uri: format!("/problems/{code}"),
+            title: self.title(),
+            status: self.status().as_u16(),
+            detail: self.detail(),
+            code,
+            invalid_params: match self {
+                Self::InvalidFields(fields) => Some(
+                    fields.iter().map(|f| InvalidParam { name: f.field, reason: f.reason.clone() }).collect(),
+                ),
+                Self::InvalidHeader(f) => {
+                    Some(vec![InvalidParam { name: f.field, reason: f.reason.clone() }])
+                }
+                _ => None,
+            },
+            order_id: match self {
+                Self::IdempotencyKeyMismatch { order_id } => Some(order_id.to_string()),
+                _ => None,
+            },
+            outcome_unknown: match self {
+                Self::Unavailable { outcome_unknown, .. } => Some(*outcome_unknown),
+                _ => None,
+            },
         }
     }
 
@@ -221,6 +252,11 @@ pub struct InvalidParam {
     reason: String,
 }
 
+/// What went wrong on the server side (Redis, or a bug), attached to 5xx responses so that
+/// the request's log line can say it next to the request id.
+#[derive(Debug, Clone)]
+pub struct ServerFault(pub String);
+
 /// The problem's code, attached to the response so metrics middleware can tell outcomes
 /// apart without parsing bodies.
 #[derive(Debug, Clone, Copy)]
@@ -229,38 +265,21 @@ pub struct ProblemCode(pub &'static str);
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        match &self {
-            Self::Internal(cause) => tracing::error!(%cause, "internal error"),
-            Self::Unavailable { cause, outcome_unknown } => {
-                tracing::warn!(%cause, outcome_unknown, "Redis unavailable")
-            }
-            _ => {}
-        }
         let code = self.code();
-        let problem = Problem {
-            type_uri: format!("/problems/{code}"),
-            title: self.title(),
-            status: status.as_u16(),
-            detail: self.detail(),
-            code,
-            invalid_params: match &self {
-                Self::InvalidFields(fields) => Some(
-                    fields.iter().map(|f| InvalidParam { name: f.field, reason: f.reason.clone() }).collect(),
-                ),
-                Self::InvalidHeader(f) => {
-                    Some(vec![InvalidParam { name: f.field, reason: f.reason.clone() }])
-                }
-                _ => None,
-            },
-            order_id: match &self {
-                Self::IdempotencyKeyMismatch { order_id } => Some(order_id.to_string()),
-                _ => None,
-            },
-            outcome_unknown: match &self {
-                Self::Unavailable { outcome_unknown, .. } => Some(*outcome_unknown),
-                _ => None,
-            },
+        if let Some(body) = constant_body(code) {
+            let mut response = (status, [(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON))], body)
+                .into_response();
+            if let Self::Unauthorized = self {
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            response.extensions_mut().insert(ProblemCode(code));
+            return response;
+        }
+        let fault = match &self {
+            Self::Internal(cause) | Self::Unavailable { cause, .. } => Some(ServerFault(cause.clone())),
+            _ => None,
         };
+        let problem = self.problem();
         let body = serde_json::to_vec(&problem).unwrap_or_default();
         let mut response =
             (status, [(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON))], body).into_response();
@@ -271,17 +290,42 @@ impl IntoResponse for ApiError {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response.extensions_mut().insert(ProblemCode(code));
+        if let Some(fault) = fault {
+            response.extensions_mut().insert(fault);
+        }
         response
     }
 }
 
+/// Problems whose every member is constant (the bulk of a flash sale is `sold_out`):
+/// serialized once, served as static bytes.
+fn constant_body(code: &str) -> Option<&'static [u8]> {
+    static BODIES: LazyLock<HashMap<&'static str, &'static [u8]>> = LazyLock::new(|| {
+        [
+            ApiError::SoldOut,
+            ApiError::SaleNotActive,
+            ApiError::EventNotFound,
+            ApiError::OrderNotFound,
+            ApiError::RouteNotFound,
+            ApiError::MethodNotAllowed,
+            ApiError::Unauthorized,
+            ApiError::UnsupportedMediaType,
+            ApiError::PayloadTooLarge,
+            ApiError::EventConflict,
+        ]
+        .into_iter()
+        .map(|error| {
+            let body = serde_json::to_vec(&error.problem()).unwrap_or_default();
+            (error.code(), &*Box::leak(body.into_boxed_slice()))
+        })
+        .collect()
+    });
+    BODIES.get(code).copied()
+}
+
 /// Turns any error response that is not already a problem (axum's own 404, 405 and
 /// extractor rejections answer `text/plain`) into one, keeping headers such as `Allow`.
-pub async fn problem_for_every_error(
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let response = next.run(request).await;
+pub async fn as_problem(response: Response) -> Response {
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error())
         || response.extensions().get::<ProblemCode>().is_some()

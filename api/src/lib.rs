@@ -17,6 +17,7 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod metrics;
+pub mod observe;
 pub mod openapi;
 pub mod routes;
 pub mod sold_out;
@@ -49,7 +50,7 @@ use crate::sold_out::SoldOutBoard;
 /// Request bodies above this size are refused with 413 before they are read.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// What every handler shares. Cloning is one reference-count increment.
 #[derive(Clone, Debug)]
@@ -84,6 +85,10 @@ impl AppState {
 
     pub fn admin_token(&self) -> Option<&AdminToken> {
         self.0.admin_token.as_ref()
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        self.0.request_timeout
     }
 
     pub fn idempotency_retention(&self) -> Duration {
@@ -125,8 +130,6 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     let (routes, openapi) = api_routes().split_for_parts();
     let document = openapi.to_pretty_json().unwrap_or_default();
-    let metrics = state.0.metrics.clone();
-    let timeout = state.0.request_timeout;
     routes
         .route(
             "/openapi.json",
@@ -134,15 +137,15 @@ pub fn router(state: AppState) -> Router {
         )
         .fallback(|| async { ApiError::RouteNotFound })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(axum::middleware::from_fn(move |req, next| request_timeout(timeout, req, next)))
-        .layer(axum::middleware::from_fn(error::problem_for_every_error))
-        .layer(axum::middleware::from_fn_with_state(metrics, metrics::track))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe::every_request))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(
+            // Per-request spans cost allocations on the hot path, so they are debug-level;
+            // failures are logged with their request id by `observe` at any level.
             TraceLayer::new_for_http()
                 .make_span_with(|request: &Request<_>| {
                     let id = request.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
-                    tracing::info_span!("request", method = %request.method(), uri = %request.uri(), request_id = %id)
+                    tracing::debug_span!("request", method = %request.method(), uri = %request.uri(), request_id = %id)
                 })
                 .on_request(())
                 .on_response(DefaultOnResponse::new().level(Level::DEBUG)),
@@ -166,19 +169,6 @@ fn api_routes() -> OpenApiRouter<AppState> {
 /// The OpenAPI document as served at `/openapi.json` (for tools and tests).
 pub fn openapi_json() -> String {
     api_routes().into_openapi().to_pretty_json().unwrap_or_default()
-}
-
-/// Bounds a whole request: whatever hangs, the client gets a 503 problem in bounded time.
-async fn request_timeout(
-    limit: Duration,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    match tokio::time::timeout(limit, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => ApiError::timeout(false).into_response(),
-    }
 }
 
 /// Serves the gateway on `listener` until `shutdown` resolves, then stops accepting, lets

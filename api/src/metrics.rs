@@ -9,17 +9,12 @@
 //!   path (unmatched requests share `route="unmatched"`), so cardinality stays bounded.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::RwLock;
+use std::time::Duration;
 
-use axum::extract::{MatchedPath, Request, State};
 use axum::http::{Method, StatusCode};
-use axum::middleware::Next;
-use axum::response::Response;
 use flashsale_shared::telemetry::{LATENCY_BUCKETS, Metrics};
 use metrics::{Counter, Histogram};
-
-use crate::error::ProblemCode;
 
 pub const PURCHASES_TOTAL: &str = "flashsale_purchases_total";
 pub const PURCHASE_DURATION: &str = "flashsale_purchase_duration_seconds";
@@ -30,8 +25,9 @@ pub const HTTP_REQUEST_DURATION: &str = "flashsale_http_request_duration_seconds
 /// The route whose requests also count as purchases.
 pub const PURCHASE_ROUTE: &str = "/v1/events/{event_id}/purchases";
 
-/// Request count and latency handles of one (method, route, status).
-type HttpSeries = HashMap<(Method, Arc<str>, u16), (Counter, Histogram)>;
+/// Request count and latency handles by route, then (method, status): looked up by the
+/// matched route's `&str` without allocating.
+type HttpSeries = HashMap<String, HashMap<(Method, u16), (Counter, Histogram)>>;
 
 #[derive(Debug)]
 pub struct ApiMetrics {
@@ -93,7 +89,7 @@ impl ApiMetrics {
         self.registry.run_upkeep();
     }
 
-    fn record_purchase(&self, status: StatusCode, code: Option<&str>, elapsed: Duration) {
+    pub(crate) fn record_purchase(&self, status: StatusCode, code: Option<&str>, elapsed: Duration) {
         let counter = match (status.as_u16(), code) {
             (202, _) => &self.accepted,
             (200, _) => &self.replayed,
@@ -107,30 +103,34 @@ impl ApiMetrics {
         self.purchase_duration.record(elapsed.as_secs_f64());
     }
 
-    fn record_http(&self, method: &Method, route: &Arc<str>, status: StatusCode, elapsed: Duration) {
-        let key = (method.clone(), route.clone(), status.as_u16());
-        let cached = self.http.read().ok().and_then(|map| map.get(&key).cloned());
-        let (count, duration) = cached.unwrap_or_else(|| {
-            let labels = [("method", method.as_str()), ("route", &**route)];
-            let handles = (
-                self.registry.counter(
-                    HTTP_REQUESTS_TOTAL,
-                    "HTTP requests by method, matched route and status.",
-                    &[labels[0], labels[1], ("status", status.as_str())],
-                ),
-                self.registry.histogram(
-                    HTTP_REQUEST_DURATION,
-                    "HTTP request latency by method and matched route.",
-                    &labels,
-                ),
-            );
-            if let Ok(mut map) = self.http.write() {
-                map.insert(key, handles.clone());
-            }
-            handles
+    pub(crate) fn record_http(&self, method: &Method, route: &str, status: StatusCode, elapsed: Duration) {
+        let series = self.http.read().ok().and_then(|by_route| {
+            by_route.get(route).and_then(|by_status| by_status.get(&(method.clone(), status.as_u16())).cloned())
         });
+        let (count, duration) = series.unwrap_or_else(|| self.register_http(method, route, status));
         count.increment(1);
         duration.record(elapsed.as_secs_f64());
+    }
+
+    /// First request of a (method, route, status): register its series once.
+    fn register_http(&self, method: &Method, route: &str, status: StatusCode) -> (Counter, Histogram) {
+        let labels = [("method", method.as_str()), ("route", route)];
+        let handles = (
+            self.registry.counter(
+                HTTP_REQUESTS_TOTAL,
+                "HTTP requests by method, matched route and status.",
+                &[labels[0], labels[1], ("status", status.as_str())],
+            ),
+            self.registry.histogram(
+                HTTP_REQUEST_DURATION,
+                "HTTP request latency by method and matched route.",
+                &labels,
+            ),
+        );
+        if let Ok(mut by_route) = self.http.write() {
+            by_route.entry(route.to_owned()).or_default().insert((method.clone(), status.as_u16()), handles.clone());
+        }
+        handles
     }
 }
 
@@ -140,22 +140,3 @@ impl Default for ApiMetrics {
     }
 }
 
-/// Middleware recording the HTTP series for every request, and the purchase series for
-/// purchase requests, whatever answered them (handler, extractor rejection or timeout).
-pub async fn track(State(metrics): State<Arc<ApiMetrics>>, request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = request.method().clone();
-    let route: Arc<str> = match request.extensions().get::<MatchedPath>() {
-        Some(path) => Arc::from(path.as_str()),
-        None => Arc::from("unmatched"),
-    };
-    let response = next.run(request).await;
-    let elapsed = started.elapsed();
-    let status = response.status();
-    if method == Method::POST && &*route == PURCHASE_ROUTE {
-        let code = response.extensions().get::<ProblemCode>().map(|c| c.0);
-        metrics.record_purchase(status, code, elapsed);
-    }
-    metrics.record_http(&method, &route, status, elapsed);
-    response
-}

@@ -19,9 +19,10 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use flashsale_shared::keys::STOCK_RETURNED_CHANNEL;
 use flashsale_shared::shutdown::Ticker;
 use flashsale_shared::{EventId, EventKeys};
@@ -39,6 +40,8 @@ const CLOCK_MARGIN_MS: i64 = 1_000;
 
 #[derive(Debug)]
 struct Flag {
+    /// The event's hash, re-read to validate the flag.
+    event_key: String,
     scopes: HashSet<String>,
     accepted: u64,
     per_user_limit: u32,
@@ -50,7 +53,9 @@ struct Flag {
 
 #[derive(Debug)]
 pub struct SoldOutBoard {
-    flags: RwLock<HashMap<String, Arc<Flag>>>,
+    /// Read on every purchase of a flagged event, written a few times per sale: `ArcSwap`
+    /// makes the read a lock-free load.
+    flags: ArcSwap<HashMap<String, Arc<Flag>>>,
     loading: Mutex<HashSet<String>>,
     epoch: Instant,
     refresh: Duration,
@@ -60,7 +65,7 @@ pub struct SoldOutBoard {
 impl SoldOutBoard {
     pub fn new(enabled: bool, refresh: Duration) -> Self {
         Self {
-            flags: RwLock::new(HashMap::new()),
+            flags: ArcSwap::from_pointee(HashMap::new()),
             loading: Mutex::new(HashSet::new()),
             epoch: Instant::now(),
             refresh,
@@ -82,13 +87,8 @@ impl SoldOutBoard {
         if !self.enabled {
             return false;
         }
-        let flag = match self.flags.read() {
-            Ok(flags) => match flags.get(event.as_str()) {
-                Some(flag) => flag.clone(),
-                None => return false,
-            },
-            Err(_) => return false,
-        };
+        let flags = self.flags.load();
+        let Some(flag) = flags.get(event.as_str()) else { return false };
         let fresh = self.now_ms().saturating_sub(flag.validated_ms.load(Ordering::Acquire))
             <= self.max_age().as_millis() as u64;
         if !fresh || quantity > flag.per_user_limit || flag.scopes.contains(scope) {
@@ -110,8 +110,7 @@ impl SoldOutBoard {
             self.clear(event.as_str());
             return;
         }
-        let already = self.flags.read().map(|f| f.contains_key(event.as_str())).unwrap_or(true);
-        if already {
+        if self.flags.load().contains_key(event.as_str()) {
             return;
         }
         {
@@ -128,9 +127,12 @@ impl SoldOutBoard {
                 Ok(Ok(Some(flag))) => {
                     flag.validated_ms.store(board.now_ms(), Ordering::Release);
                     tracing::info!(%event, scopes = flag.scopes.len(), "event sold out: answering locally");
-                    if let Ok(mut flags) = board.flags.write() {
-                        flags.insert(event.to_string(), Arc::new(flag));
-                    }
+                    let flag = Arc::new(flag);
+                    board.flags.rcu(|flags| {
+                        let mut flags = HashMap::clone(flags);
+                        flags.insert(event.to_string(), flag.clone());
+                        flags
+                    });
                 }
                 Ok(Ok(None)) => {}
                 Ok(Err(error)) => tracing::debug!(%error, %event, "sold-out snapshot failed"),
@@ -143,11 +145,15 @@ impl SoldOutBoard {
     }
 
     pub fn clear(&self, event: &str) {
-        let present = self.flags.read().map(|f| f.contains_key(event)).unwrap_or(false);
-        if present && let Ok(mut flags) = self.flags.write() {
-            flags.remove(event);
-            tracing::info!(%event, "sold-out flag dropped");
+        if !self.flags.load().contains_key(event) {
+            return;
         }
+        self.flags.rcu(|flags| {
+            let mut flags = HashMap::clone(flags);
+            flags.remove(event);
+            flags
+        });
+        tracing::info!(%event, "sold-out flag dropped");
     }
 
     /// Re-validates every flag each `refresh` period with one pipelined round trip.
@@ -157,14 +163,13 @@ impl SoldOutBoard {
         }
         let mut ticker = Ticker::new(self.refresh, stop);
         while ticker.tick().await {
-            let flags: Vec<(String, Arc<Flag>)> = match self.flags.read() {
-                Ok(flags) if !flags.is_empty() => flags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-                _ => continue,
-            };
+            let flags = self.flags.load_full();
+            if flags.is_empty() {
+                continue;
+            }
             let mut pipe = redis::pipe();
-            for (event, _) in &flags {
-                let Ok(id) = EventId::parse(event.as_str()) else { continue };
-                pipe.cmd("HMGET").arg(EventKeys::new(&id).event).arg("remaining").arg("accepted");
+            for flag in flags.values() {
+                pipe.cmd("HMGET").arg(&flag.event_key).arg("remaining").arg("accepted");
             }
             let mut conn = redis.clone();
             let reply =
@@ -241,6 +246,7 @@ async fn snapshot(conn: &mut ConnectionManager, event: &EventId) -> RedisResult<
         return Ok(None);
     }
     Ok(Some(Flag {
+        event_key: keys.event,
         scopes: scopes.into_iter().collect(),
         accepted: accepted as u64,
         per_user_limit: limit as u32,
