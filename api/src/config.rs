@@ -23,6 +23,12 @@ pub struct Config {
     #[command(flatten)]
     pub log: LogArgs,
 
+    /// Threads serving requests (default: one per CPU). On a small machine shared with Redis
+    /// and a load generator, fewer threads than CPUs serve more requests (see
+    /// docs/benchmarks.md).
+    #[arg(long, env = "WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: Option<u16>,
+
     /// Upper bound on a whole request, Redis calls included; past it the client gets a 503.
     #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 3000,
           value_parser = clap::value_parser!(u64).range(100..=60_000))]
@@ -55,6 +61,7 @@ impl Config {
             admin_token: None,
             redis,
             log: LogArgs { log_filter: "info".into(), log_format: flashsale_shared::config::LogFormat::Text },
+            worker_threads: None,
             request_timeout_ms: 3000,
             shutdown_timeout_ms: 10_000,
             idempotency_retention_secs: 86_400,
