@@ -64,10 +64,9 @@ REDIS_PID=${STACK_PIDS[-1]}
 # BENCH_GATEWAY_ENV: extra VAR=value words for the gateway, e.g. for an allocator A/B:
 # BENCH_GATEWAY_ENV=LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2
 # shellcheck disable=SC2086
-# Default WORKER_THREADS=1: on 2 cores shared with Redis and the load generator, one serving
-# thread beats two (measured side by side: accepted +10 %, sold-out +25 %); set
-# BENCH_GATEWAY_ENV= (empty) for the gateway's own default of one thread per CPU.
-RUST_LOG=warn stack_gateway GW1 ${BENCH_GATEWAY_ENV-WORKER_THREADS=1}
+# The gateway runs with its defaults (one serving thread per CPU). BENCH_GATEWAY_ENV=WORKER_THREADS=1
+# trades tail latency for throughput on 2 shared cores (see docs/benchmarks.md).
+RUST_LOG=warn stack_gateway GW1 ${BENCH_GATEWAY_ENV:-}
 [[ ${BENCH_WORKER:-0} == 1 ]] && stack_worker W1
 
 export BENCH_ROOT=$ROOT BENCH_TMP REDIS_PORT REDIS_PID GW_URL=$GW1_URL GW_PID=$GW1_PID ADMIN_TOKEN \
