@@ -267,8 +267,9 @@ impl IntoResponse for ApiError {
         let status = self.status();
         let code = self.code();
         if let Some(body) = constant_body(code) {
-            let mut response = (status, [(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON))], body)
-                .into_response();
+            let mut response =
+                (status, [(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON))], body)
+                    .into_response();
             if let Self::Unauthorized = self {
                 response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }

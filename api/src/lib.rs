@@ -197,6 +197,12 @@ pub async fn run(
 
     let draining = CancellationToken::new();
     let drain_started = draining.clone();
+    // Responses are small and written whole: never let Nagle hold one back.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    });
     let serve = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
         shutdown.await;
         drain_started.cancel();

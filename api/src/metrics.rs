@@ -105,7 +105,9 @@ impl ApiMetrics {
 
     pub(crate) fn record_http(&self, method: &Method, route: &str, status: StatusCode, elapsed: Duration) {
         let series = self.http.read().ok().and_then(|by_route| {
-            by_route.get(route).and_then(|by_status| by_status.get(&(method.clone(), status.as_u16())).cloned())
+            by_route
+                .get(route)
+                .and_then(|by_status| by_status.get(&(method.clone(), status.as_u16())).cloned())
         });
         let (count, duration) = series.unwrap_or_else(|| self.register_http(method, route, status));
         count.increment(1);
@@ -128,7 +130,10 @@ impl ApiMetrics {
             ),
         );
         if let Ok(mut by_route) = self.http.write() {
-            by_route.entry(route.to_owned()).or_default().insert((method.clone(), status.as_u16()), handles.clone());
+            by_route
+                .entry(route.to_owned())
+                .or_default()
+                .insert((method.clone(), status.as_u16()), handles.clone());
         }
         handles
     }
@@ -139,4 +144,3 @@ impl Default for ApiMetrics {
         Self::new()
     }
 }
-

@@ -57,6 +57,10 @@ pub struct RedisUrl {
 impl RedisUrl {
     pub fn parse(url: &str) -> Result<Self, String> {
         let info = url.into_connection_info().map_err(|e| format!("invalid Redis URL: {e}"))?;
+        // Nagle's algorithm holds a small command back while an earlier one is unacknowledged:
+        // exactly the pattern of a multiplexed connection with many requests in flight.
+        let nodelay = info.tcp_settings().clone().set_nodelay(true);
+        let info = info.set_tcp_settings(nodelay);
         let redacted = match url.split_once('@') {
             Some((scheme_and_credentials, host)) => {
                 let scheme = scheme_and_credentials.split("://").next().unwrap_or("redis");
