@@ -59,13 +59,14 @@ async fn create_event(conn: &mut MultiplexedConnection, id: &str, stock: u64) ->
 }
 
 /// Delivers up to `count` new entries to `consumer` (as a worker's read would) and returns
-/// their ids, leaving them pending.
+/// their ids, leaving them pending. Creates the group first if no worker did yet.
 async fn deliver(
     conn: &mut MultiplexedConnection,
     keys: &EventKeys,
     consumer: &str,
     count: usize,
 ) -> Vec<String> {
+    stream::ensure_group(conn, keys).await.unwrap();
     let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
         .arg("GROUP")
         .arg(CONSUMER_GROUP)
@@ -126,7 +127,6 @@ async fn finalizing_an_entry_twice_changes_nothing_the_second_time() {
     let mut conn = redis.conn().await;
     let (id, keys) = create_event(&mut conn, "drop", 5).await;
     let order = buy(&mut conn, &keys, "alice").await;
-    stream::ensure_group(&mut conn, &keys).await.unwrap();
     let delivered = deliver(&mut conn, &keys, "manual", 100).await;
     let entry = delivered[0].clone();
     let first = stream::finalize(&mut conn, &id, &keys, std::slice::from_ref(&entry), 5).await.unwrap();
@@ -189,7 +189,6 @@ async fn a_restarted_worker_finishes_its_own_pending_entries_first() {
         buy(&mut conn, &keys, &format!("user-{i}")).await;
     }
     // "w1" read everything and died before finishing anything.
-    stream::ensure_group(&mut conn, &keys).await.unwrap();
     deliver(&mut conn, &keys, "w1", 100).await;
 
     // Back under the same name, with claims far off: its own pending list is read first.
@@ -208,7 +207,6 @@ async fn trimming_drops_acknowledged_history_and_keeps_anything_pending() {
         buy(&mut conn, &keys, &format!("early-{i}")).await;
     }
     // A consumer that finished the first 20 entries and holds the 21st forever.
-    stream::ensure_group(&mut conn, &keys).await.unwrap();
     let ids = deliver(&mut conn, &keys, "stuck", 21).await;
     stream::finalize(&mut conn, &id, &keys, &ids[..20], 5).await.unwrap();
     for i in 0..50 {
