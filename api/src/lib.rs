@@ -166,11 +166,6 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(health::metrics))
 }
 
-/// The OpenAPI document as served at `/openapi.json` (for tools and tests).
-pub fn openapi_json() -> String {
-    api_routes().into_openapi().to_pretty_json().unwrap_or_default()
-}
-
 /// Serves the gateway on `listener` until `shutdown` resolves, then stops accepting, lets
 /// in-flight requests finish for up to `SHUTDOWN_TIMEOUT_MS`, and returns.
 pub async fn run(

@@ -25,7 +25,6 @@ pub const STOCK_RETURNED_CHANNEL: &str = "fs:stock-returned";
 /// The consumer group every worker joins on every order stream.
 pub const CONSUMER_GROUP: &str = "flashsale-workers";
 
-const STREAM_SUFFIX: &str = "}:stream";
 const TAG_PREFIX: &str = "fs:{ev:";
 
 /// All keys of one event.
@@ -51,12 +50,6 @@ impl EventKeys {
             dead: key("dead"),
         }
     }
-
-    /// The event an order stream belongs to: XREADGROUP replies name streams, not events.
-    pub fn event_of_stream(stream_key: &str) -> Option<EventId> {
-        let id = stream_key.strip_prefix(TAG_PREFIX)?.strip_suffix(STREAM_SUFFIX)?;
-        EventId::parse(id).ok()
-    }
 }
 
 #[cfg(test)]
@@ -70,7 +63,5 @@ mod tests {
         for key in [&keys.event, &keys.orders, &keys.idem, &keys.users, &keys.stream, &keys.dead] {
             assert!(key.starts_with("fs:{ev:drop-1}:"), "{key}");
         }
-        assert_eq!(EventKeys::event_of_stream(&keys.stream), Some(id));
-        assert_eq!(EventKeys::event_of_stream(&keys.orders), None);
     }
 }

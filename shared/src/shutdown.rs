@@ -26,17 +26,6 @@ pub async fn signal() {
     tracing::info!("shutdown signal received");
 }
 
-/// A token cancelled by the first signal.
-pub fn on_signal() -> CancellationToken {
-    let token = CancellationToken::new();
-    let cancel = token.clone();
-    tokio::spawn(async move {
-        signal().await;
-        cancel.cancel();
-    });
-    token
-}
-
 /// A periodic tick for background loops that ends when `stop` is cancelled:
 /// `while ticker.tick().await { ... }`. A slow iteration delays the next tick rather than
 /// causing a burst of catch-up ticks.

@@ -82,6 +82,18 @@ async fn deliver(
     reply.keys.into_iter().flat_map(|k| k.ids).map(|e| e.id).collect()
 }
 
+/// Adds a second stream entry naming an existing order (a replayed producer, a restore).
+async fn enqueue_again(conn: &mut MultiplexedConnection, keys: &EventKeys, order: OrderId) {
+    let _: String = redis::cmd("XADD")
+        .arg(&keys.stream)
+        .arg("*")
+        .arg("order")
+        .arg(order.to_string())
+        .query_async(conn)
+        .await
+        .unwrap();
+}
+
 async fn buy(conn: &mut MultiplexedConnection, keys: &EventKeys, user: &str) -> OrderId {
     let user = UserId::parse(user).unwrap();
     let scope = purchase::scope(&user, None);
@@ -104,14 +116,7 @@ async fn a_redelivered_entry_of_a_confirmed_order_is_a_no_op() {
     assert_eq!(worker.metric("flashsale_orders_finalized_total").await, 2.0);
 
     // The same order arrives again (a producer retry, a replayed stream): nothing changes.
-    let _: String = redis::cmd("XADD")
-        .arg(&keys.stream)
-        .arg("*")
-        .arg("order")
-        .arg(order.to_string())
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    enqueue_again(&mut conn, &keys, order).await;
     wait_until(Duration::from_secs(5), "the duplicate to be handled", || async {
         (worker.metric("flashsale_entries_skipped_total").await == 1.0).then_some(())
     })
@@ -137,14 +142,7 @@ async fn finalizing_an_entry_twice_changes_nothing_the_second_time() {
     );
 
     // A second entry naming the same (now confirmed) order is acknowledged without counting.
-    let _: String = redis::cmd("XADD")
-        .arg(&keys.stream)
-        .arg("*")
-        .arg("order")
-        .arg(order.to_string())
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    enqueue_again(&mut conn, &keys, order).await;
     let again = deliver(&mut conn, &keys, "manual", 100).await;
     let duplicate = stream::finalize(&mut conn, &id, &keys, &again[..1], 5).await.unwrap();
     assert_eq!(duplicate[0].outcome, EntryOutcome::Duplicate);
