@@ -15,12 +15,18 @@
 //!   (the server made it late: that wait is the server's, as in wrk2), or
 //! - the actual send, when the connection was free (timer slack is the generator's own).
 //!
+//! `--warmup SECS` (default 0) offers the same rate for that long before the measured
+//! `--duration`: its answers are checked like the others (status, errors) but their latencies,
+//! lateness and throughput are not recorded, so fresh connections, a cold gateway and an event
+//! whose Redis structures are still empty do not count as steady state (wrk2 discards its
+//! calibration period likewise). The connection storm itself is measured by running without it.
+//!
 //! Every request is a distinct buyer (`PREFIX-i-k`). Each response's status is tallied;
 //! `bench/run.sh` fails the run on any status other than `--expect`, any transport error,
 //! or any slot that could not be sent before `duration + grace` (reported as `dropped`).
 //!
 //! Usage: flashsale-loadgen --url http://127.0.0.1:PORT --event ID --rate R --duration SECS
-//!        --connections C --expect 202 [--prefix P] [--grace SECS] [--out FILE]
+//!        --connections C --expect 202 [--warmup SECS] [--prefix P] [--grace SECS] [--out FILE]
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -36,6 +42,7 @@ struct Args {
     prefix: String,
     rate: f64,
     duration: Duration,
+    warmup: Duration,
     connections: usize,
     expect: u16,
     grace: Duration,
@@ -65,6 +72,7 @@ fn parse_args() -> Result<Args, String> {
         prefix: take("prefix").unwrap_or_else(|| "lg".into()),
         rate: num(need(take("rate"), "rate")?, "rate")?,
         duration: Duration::from_secs_f64(num(need(take("duration"), "duration")?, "duration")?),
+        warmup: Duration::from_secs_f64(num(take("warmup").unwrap_or_else(|| "0".into()), "warmup")?),
         connections: num(take("connections").unwrap_or_else(|| "64".into()), "connections")? as usize,
         expect: num(take("expect").unwrap_or_else(|| "202".into()), "expect")? as u16,
         grace: Duration::from_secs_f64(num(take("grace").unwrap_or_else(|| "3".into()), "grace")?),
@@ -86,6 +94,8 @@ struct ConnReport {
     statuses: BTreeMap<u16, u64>,
     scheduled: u64,
     sent: u64,
+    /// Exchanges completed during the warm-up (checked, not measured).
+    warmup_completed: u64,
     /// Requests whose slot passed while the connection still waited for the previous answer.
     late: u64,
     errors: u64,
@@ -148,7 +158,8 @@ async fn run_connection(
     start: Instant,
 ) -> ConnReport {
     let mut report = ConnReport::default();
-    let end = start + args.duration;
+    let measured_from = start + args.warmup;
+    let end = measured_from + args.duration;
     let hard_deadline = end + args.grace;
     let c = args.connections as f64;
     let slot = |k: u64| start + Duration::from_secs_f64((index as f64 + k as f64 * c) / args.rate);
@@ -166,13 +177,14 @@ async fn run_connection(
         if at >= end {
             break;
         }
-        report.scheduled += 1;
+        let measuring = at >= measured_from;
+        report.scheduled += u64::from(measuring);
         if report.errors > 0 || Instant::now() >= hard_deadline {
             k += 1;
             continue; // counted as scheduled, never sent: reported as dropped
         }
         let origin = if ready > at {
-            report.late += 1;
+            report.late += u64::from(measuring);
             at
         } else {
             tokio::time::sleep_until(at.into()).await;
@@ -184,15 +196,19 @@ async fn run_connection(
         request.extend_from_slice(head.as_bytes());
         request.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
         request.extend_from_slice(body.as_bytes());
-        report.sent += 1;
+        report.sent += u64::from(measuring);
         let outcome = tokio::time::timeout(Duration::from_secs(5), exchange(&mut stream, &request, &mut buf)).await;
         let done = Instant::now();
         match outcome {
             Ok(Ok(status)) => {
                 *report.statuses.entry(status).or_default() += 1;
-                let us = done.saturating_duration_since(origin).as_micros().min(u32::MAX as u128) as u32;
-                report.latencies_us.push(us);
-                report.last_done = Some(done);
+                if measuring {
+                    let us = done.saturating_duration_since(origin).as_micros().min(u32::MAX as u128) as u32;
+                    report.latencies_us.push(us);
+                    report.last_done = Some(done);
+                } else {
+                    report.warmup_completed += 1;
+                }
             }
             Ok(Err(error)) => {
                 report.errors += 1;
@@ -255,9 +271,10 @@ fn main() {
 
     let mut latencies: Vec<u32> = Vec::new();
     let mut statuses: BTreeMap<u16, u64> = BTreeMap::new();
-    let (mut scheduled, mut sent, mut late, mut errors) = (0u64, 0u64, 0u64, 0u64);
+    let (mut scheduled, mut sent, mut late, mut errors, mut warmup_completed) = (0u64, 0u64, 0u64, 0u64, 0u64);
     let mut first_error = None;
-    let mut last_done = start;
+    let measured_from = start + args.warmup;
+    let mut last_done = measured_from;
     for r in reports {
         latencies.extend_from_slice(&r.latencies_us);
         for (s, n) in r.statuses {
@@ -266,6 +283,7 @@ fn main() {
         scheduled += r.scheduled;
         sent += r.sent;
         late += r.late;
+        warmup_completed += r.warmup_completed;
         errors += r.errors;
         if first_error.is_none() {
             first_error = r.first_error;
@@ -276,14 +294,15 @@ fn main() {
     }
     latencies.sort_unstable();
     let completed = latencies.len() as u64;
-    let elapsed = last_done.saturating_duration_since(start).max(args.duration).as_secs_f64();
+    let elapsed = last_done.saturating_duration_since(measured_from).max(args.duration).as_secs_f64();
     let mean = if completed > 0 { latencies.iter().map(|&v| v as f64).sum::<f64>() / completed as f64 } else { 0.0 };
     let unexpected: u64 = statuses.iter().filter(|(s, _)| **s != args.expect).map(|(_, n)| n).sum();
     let statuses_json: Vec<String> = statuses.iter().map(|(s, n)| format!("\"{s}\":{n}")).collect();
     let json = format!(
         concat!(
             "{{\"offered_rate\":{},\"connections\":{},\"duration_s\":{},\"scheduled\":{},\"sent\":{},",
-            "\"completed\":{},\"dropped\":{},\"late\":{},\"errors\":{},\"first_error\":{},",
+            "\"completed\":{},\"warmup_s\":{},\"warmup_completed\":{},\"dropped\":{},\"late\":{},",
+            "\"errors\":{},\"first_error\":{},",
             "\"unexpected_status\":{},\"statuses\":{{{}}},\"rate\":{:.1},",
             "\"latency_us\":{{\"mean\":{:.1},\"p50\":{},\"p90\":{},\"p99\":{},\"p99.9\":{},\"max\":{}}}}}\n"
         ),
@@ -293,6 +312,8 @@ fn main() {
         scheduled,
         sent,
         completed,
+        args.warmup.as_secs_f64(),
+        warmup_completed,
         scheduled - sent,
         late,
         errors,
