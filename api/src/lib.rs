@@ -28,15 +28,12 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderName, Request, header};
+use axum::http::{HeaderName, header};
 use axum::routing::get;
 use redis::RedisResult;
 use redis::aio::ConnectionManager;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
-use tracing::Level;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -124,8 +121,8 @@ impl AppState {
     }
 }
 
-/// Every route, with the middleware stack (outermost first): request id, tracing, metrics,
-/// problem documents for every error, request timeout, body limit. The OpenAPI document is
+/// Every route, with the middleware stack (outermost first): `observe` (request id, debug
+/// span, metrics, problem documents for every error, request timeout), then the body limit. The OpenAPI document is
 /// generated from the same list of handlers and served at `/openapi.json`.
 pub fn router(state: AppState) -> Router {
     let (routes, openapi) = api_routes().split_for_parts();
@@ -138,19 +135,6 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::RouteNotFound })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe::every_request))
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(
-            // Per-request spans cost allocations on the hot path, so they are debug-level;
-            // failures are logged with their request id by `observe` at any level.
-            TraceLayer::new_for_http()
-                .make_span_with(|request: &Request<_>| {
-                    let id = request.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
-                    tracing::debug_span!("request", method = %request.method(), uri = %request.uri(), request_id = %id)
-                })
-                .on_request(())
-                .on_response(DefaultOnResponse::new().level(Level::DEBUG)),
-        )
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .with_state(state)
 }
 

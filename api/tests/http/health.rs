@@ -38,6 +38,11 @@ async fn every_response_carries_a_request_id() {
     assert!(reply.header("x-request-id").is_some_and(|id| id.len() == 36));
     let echoed = app.api.send(Method::GET, "/healthz", &[("x-request-id", "trace-me-42")], None).await;
     assert_eq!(echoed.header("x-request-id"), Some("trace-me-42"));
+    // Errors carry it too, and an oversized id (it goes into log lines) is replaced.
+    let long = "x".repeat(129);
+    let replaced = app.api.send(Method::GET, "/nowhere", &[("x-request-id", long.as_str())], None).await;
+    assert_eq!(replaced.status, StatusCode::NOT_FOUND);
+    assert!(replaced.header("x-request-id").is_some_and(|id| id.len() == 36));
 }
 
 #[tokio::test]
