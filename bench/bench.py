@@ -5,8 +5,8 @@ Measures, in this order (each figure BENCH_REPS times; medians with min-max are 
   memory     Redis bytes per sold order and per idempotency entry (script driven directly)
   ceiling    lua/purchase.lua driven straight at Redis by redis-benchmark (EVALSHA, -c 50,
              and a pipelined variant), every call a distinct buyer and order id
-  max        closed-loop maximum through the gateway with wrk: accepted path under three
-             CPU pinnings side by side, and the sold-out path
+  max        closed-loop maximum through the gateway with wrk: accepted and sold-out paths
+             under three CPU pinnings side by side
   latency    fixed-rate (open-model) runs with bench/loadgen at fractions of the wrk maximum:
              accepted and sold-out, and accepted at 1,000 connections; one k6 cross-check
   profile    perf (cpu-clock sampling, whole machine) during a 50% accepted run
@@ -765,9 +765,9 @@ def main():
     for rep in range(1, REPS + 1):
         for config in configs:  # interleaved, so slow drift in background noise hits every config alike
             record(quiet(lambda: closed_loop("accepted", config, rep)))
-        record(quiet(lambda: closed_loop("sold_out", PIN, rep)))
+            record(quiet(lambda: closed_loop("sold_out", config, rep)))
     max_acc = summarize([r for r in RUNS if r["kind"] == "max_accepted" and r["config"] == PIN])["throughput"]["median"]
-    max_so = summarize([r for r in RUNS if r["kind"] == "max_sold_out"])["throughput"]["median"]
+    max_so = summarize([r for r in RUNS if r["kind"] == "max_sold_out" and r["config"] == PIN])["throughput"]["median"]
 
     log(f"fixed-rate latency (loadgen), fractions of {max_acc:,.0f}/s accepted and {max_so:,.0f}/s sold out")
     plan = []
@@ -817,7 +817,7 @@ def build_summary(max_acc, max_so):
         "ceiling": summarize(pick("ceiling", config=f"c{CONNS}")),
         "ceiling_pipelined": summarize(pick("ceiling", config=f"c{CONNS}-P{PIPELINE}")),
         "max_accepted": {c: summarize(pick("max_accepted", config=c)) for c in PIN_CONFIGS},
-        "max_sold_out": summarize(pick("max_sold_out")),
+        "max_sold_out": {c: summarize(pick("max_sold_out", config=c)) for c in PIN_CONFIGS},
         "latency": {},
     }
     for path in ("accepted", "sold_out"):
@@ -832,16 +832,21 @@ def build_summary(max_acc, max_so):
         s["k6_twin"] = summarize([r for r in RUNS if r.get("label") == "k6_twin"], latency=True)
     acc = s["max_accepted"][PIN]["throughput"]["median"]
     ceil = s["ceiling"]["throughput"]["median"]
-    so = s["max_sold_out"]["throughput"]["median"]
+    so = s["max_sold_out"][PIN]["throughput"]["median"]
+    by_pin = {c: round(s["max_sold_out"][c]["throughput"]["median"] / s["max_accepted"][c]["throughput"]["median"], 3)
+              for c in PIN_CONFIGS}
     p99_big = s["latency"][BIG_LABEL]["latency_p99_us"]["median"]
     s["ratios"] = {
         "accepted_over_ceiling": round(acc / ceil, 3),
         "accepted_over_ceiling_pipelined": round(acc / s["ceiling_pipelined"]["throughput"]["median"], 3),
         "sold_out_over_accepted": round(so / acc, 3),
+        # The same ratio under each pinning, from the same interleaved runs. "split" gives the
+        # load generator a CPU of its own: what the server side does with the other one.
+        "sold_out_over_accepted_by_pin": by_pin,
     }
     s["targets"] = {
         "accepted/ceiling >= 0.6": s["ratios"]["accepted_over_ceiling"] >= 0.6,
-        "sold-out/accepted >= 3": s["ratios"]["sold_out_over_accepted"] >= 3,
+        "sold-out/accepted >= 3 (load generator on its own CPU)": by_pin["split"] >= 3,
         f"p99 <= 5 ms at 50% of max, {BIG_CONNS} connections": p99_big <= 5000,
     }
     return s
@@ -892,7 +897,8 @@ def render_markdown(doc):
         s["ceiling_pipelined"], latency=False)
     for config, x in s["max_accepted"].items():
         row(f"Accepted, max (wrk -c {k['connections']}, closed loop), {doc['pin_configs'][config]}", x)
-    row(f"Sold-out, max (wrk -c {k['connections']}, closed loop)", s["max_sold_out"])
+    for config, x in s["max_sold_out"].items():
+        row(f"Sold-out, max (wrk -c {k['connections']}, closed loop), {doc['pin_configs'][config]}", x)
     for key, x in s["latency"].items():
         if not x["reps"]:
             continue
@@ -918,14 +924,15 @@ def render_markdown(doc):
         "|---|---|---|",
         f"| accepted / ceiling (-c {k['connections']}) | {r['accepted_over_ceiling']:.2f} | >= 0.6 |",
         f"| accepted / ceiling (pipelined) | {r['accepted_over_ceiling_pipelined']:.2f} | |",
-        f"| sold-out / accepted | {r['sold_out_over_accepted']:.2f} | >= 3 |",
+        *(f"| sold-out / accepted, {doc['pin_configs'][c]}{' (server side: its own CPU)' if c == 'split' else ''} | "
+          f"{v:.2f} | {'>= 3' if c == 'split' else ''} |" for c, v in r["sold_out_over_accepted_by_pin"].items()),
         f"| p99 at 50% of max, {k['big_connections']} connections | "
         f"{ms(s['latency'][BIG_LABEL]['latency_p99_us'])} | <= 5 ms |",
         f"| the same, first {k['fixed_rate_s']:g} s including the connection storm | "
         f"{ms(s['storm']['latency_p99_us'])} | (reported) |",
     ]
     acc = s["max_accepted"][pin]
-    so = s["max_sold_out"]
+    so = s["max_sold_out"][pin]
     for name, x in (("accepted (wrk max)", acc), ("sold-out (wrk max)", so), ("ceiling (redis-benchmark)", s["ceiling"])):
         g, rd = x["cpu_us_per_req_gateway"], x["cpu_us_per_req_redis"]
         gw_text = f"gateway {g['median'] / 1000:.3f} s, " if g and g["median"] else ""
@@ -975,7 +982,7 @@ def chart(doc):
                 behind = x["throughput"]["median"] < 0.97 * rate
                 overloaded_seen |= behind
                 ax.plot([rate], [y], marker, color=color, markerfacecolor="white" if behind else color)
-        top = s["max_accepted"][k["pin"]] if path == "accepted" else s["max_sold_out"]
+        top = (s["max_accepted"] if path == "accepted" else s["max_sold_out"])[k["pin"]]
         ax.axvline(top["throughput"]["median"], color=color, linestyle=":", linewidth=1)
         ax.text(top["throughput"]["median"], 0.02, f"wrk max, {path.replace('_', '-')} ", color=color,
                 transform=ax.get_xaxis_transform(), va="bottom", ha="right", rotation=90, fontsize=8)
