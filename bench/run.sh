@@ -10,8 +10,9 @@
 # run with tiny durations (results go to $BENCH_OUT_DIR, default bench/results/smoke, so the
 # committed results stay); BENCH_PIN=none|lg1|split, the CPU pinning of the latency runs;
 # BENCH_NO_BUILD=1 skips cargo build; BENCH_NO_PROFILE=1 skips perf; BENCH_WORKER=1 runs a worker;
-# BENCH_GATEWAY_ENV adds environment to the gateway (below); BENCH_AB_ENV=... compares the gateway
-# with and without that environment instead (bench/ab.py). Never touches a Redis it did not start.
+# BENCH_GATEWAY_ENV adds environment to the gateway (below); BENCH_AB_ENV=... and/or
+# BENCH_AB_BIN=path/to/flashsale-api compare the gateway with a second one that has that
+# environment or runs that binary instead (bench/ab.py). Never touches a Redis it did not start.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -71,10 +72,18 @@ RUST_LOG=warn stack_gateway GW1 ${BENCH_GATEWAY_ENV:-}
 
 export BENCH_ROOT=$ROOT BENCH_TMP REDIS_PORT REDIS_PID GW_URL=$GW1_URL GW_PID=$GW1_PID ADMIN_TOKEN \
   LOADGEN=$BENCH_TMP/flashsale-loadgen PURCHASE_LUA=$BENCH_TMP/root/lua/purchase.lua
-if [[ -n ${BENCH_AB_ENV:-} ]]; then
-  # A/B mode (bench/ab.py): a second gateway on the same Redis with BENCH_AB_ENV added.
+if [[ -n ${BENCH_AB_ENV:-}${BENCH_AB_BIN:-} ]]; then
+  # A/B mode (bench/ab.py): a second gateway on the same Redis, with BENCH_AB_ENV added to
+  # its environment and/or running the binary BENCH_AB_BIN (e.g. a build of another commit).
+  if [[ -n ${BENCH_AB_BIN:-} ]]; then
+    [[ -x $BENCH_AB_BIN ]] || die "BENCH_AB_BIN=$BENCH_AB_BIN is not an executable"
+    mkdir -p "$BENCH_TMP/root-b/target/release"
+    cp "$BENCH_AB_BIN" "$BENCH_TMP/root-b/target/release/flashsale-api"
+    STACK_ROOT=$BENCH_TMP/root-b
+  fi
   # shellcheck disable=SC2086
-  RUST_LOG=warn stack_gateway GW2 $BENCH_AB_ENV
+  RUST_LOG=warn stack_gateway GW2 ${BENCH_AB_ENV:-}
+  STACK_ROOT=$BENCH_TMP/root
   export GW_B_URL=$GW2_URL GW_B_PID=$GW2_PID
   .venv/bin/python bench/ab.py
 else
