@@ -122,8 +122,9 @@ impl AppState {
 }
 
 /// Every route, with the middleware stack (outermost first): `observe` (request id, debug
-/// span, metrics, problem documents for every error, request timeout), then the body limit. The OpenAPI document is
-/// generated from the same list of handlers and served at `/openapi.json`.
+/// span, metrics, problem documents for every error, request timeout), then the body limit.
+/// The OpenAPI document is generated from the same list of handlers and served at
+/// `/openapi.json`.
 pub fn router(state: AppState) -> Router {
     let (routes, openapi) = api_routes().split_for_parts();
     let document = openapi.to_pretty_json().unwrap_or_default();
