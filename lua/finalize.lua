@@ -4,25 +4,51 @@
 -- its XACK are one atomic step, and an entry that is no longer pending, or whose order is
 -- already final, changes nothing: redelivery and racing workers can never double count.
 --
--- The delivery count is read here, from the group's pending entries list, so it counts the
--- delivery in hand. An entry delivered more than max_deliveries times, or one that cannot be
--- understood, is moved to the dead-letter stream instead; when it names a pending order,
--- that order fails and its units return to the stock and to the user's allowance.
--- Bad content never raises an error: one poison entry must not fail the whole batch.
+-- An accepted order is never failed here. What happens to an entry that cannot be finalized:
+-- - it cannot be understood (no order field, the entry is gone, the order is unknown or its
+--   record unreadable): dead-lettered at once, with the reason; there is no order to hold.
+-- - it names a pending order and processing it raised an error: the attempt is counted in the
+--   attempts hash (a write, so a full or read-only Redis, which refuses it, cannot raise the
+--   count) and the entry stays pending for a retry; once it failed max_attempts times it is
+--   *parked*: recorded in the dead-letter stream and acknowledged, its order left pending with
+--   its units held until an operator redrives or fails it (lua/resolve_dead_letter.lua).
+--   It gets max_attempts failed attempts; the next failure parks it.
+-- - an infrastructure error (out of memory, read-only replica, ...) is raised as it is: the
+--   whole call fails, nothing is counted, and the worker retries the batch later.
+-- Delivery counts of the stream are deliberately not used: reading pending entries again and
+-- claiming them raise those, and both happen while Redis is full or a worker crash-loops.
 --
--- KEYS[1] event hash, KEYS[2] orders, KEYS[3] user totals, KEYS[4] order stream,
--- KEYS[5] dead-letter stream
--- ARGV[1] consumer group, ARGV[2] max deliveries, ARGV[3] event id,
--- ARGV[4] channel told when units return to stock, ARGV[5..] entry ids
+-- KEYS[1] event hash, KEYS[2] orders, KEYS[3] order stream, KEYS[4] dead-letter stream,
+-- KEYS[5] attempts (entry id -> failed attempts)
+-- ARGV[1] consumer group, ARGV[2] max failed attempts (MAX_DELIVERIES), ARGV[3..] entry ids
 --
 -- Returns, per entry, five elements: entry id, outcome, quantity, created_ms, done_ms, where
 -- outcome is 'confirmed' | 'duplicate' (order already final) | 'skipped' (no longer pending:
--- another worker finished it) | 'dead_lettered:<reason>'.
+-- another worker finished it) | 'dead_lettered:<reason>' (reason unparseable, entry_missing,
+-- unknown_order, corrupt_order: nothing held) | 'parked:max_attempts' (order still pending) |
+-- 'retry:<error>' (attempt counted, entry left pending).
 
-local group, max_deliveries = ARGV[1], tonumber(ARGV[2])
+local group, max_attempts = ARGV[1], tonumber(ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local had_attempts = redis.call('EXISTS', KEYS[5]) == 1
 local out = {}
+
+-- Errors no entry is to blame for: re-raised so that nothing is counted.
+local INFRA = {'OOM', 'READONLY', 'MISCONF', 'NOREPLICAS', 'BUSY', 'LOADING', 'MASTERDOWN',
+  'CLUSTERDOWN', 'TRYAGAIN', 'MOVED', 'ASK'}
+
+local function message(e)
+  if type(e) == 'table' then return tostring(e.err or e[1] or '?') end
+  return tostring(e)
+end
+
+local function is_infra(msg)
+  for _, prefix in ipairs(INFRA) do
+    if string.sub(msg, 1, #prefix + 1) == prefix .. ' ' or msg == prefix then return true end
+  end
+  return false
+end
 
 local function parse(record)
   if type(record) ~= 'string' then return nil end
@@ -31,36 +57,27 @@ local function parse(record)
   return {status = status, qty = tonumber(qty), created = created, done = done, user = user}
 end
 
-local function dead_letter(id, reason, deliveries, fields, order_id, order)
-  redis.call('XADD', KEYS[5], '*', 'entry', id, 'reason', reason, 'deliveries', deliveries,
-    'order', order_id or '', 'payload', cjson.encode(fields or {}), 'at', now)
-  if order and order.status == 'p' then
-    redis.call('HSET', KEYS[2], order_id,
-      string.format('f|%d|%s|%d|%s', order.qty, order.created, now, order.user))
-    redis.call('HINCRBY', KEYS[1], 'remaining', order.qty)
-    -- The user totals expire with the idempotency entries; never resurrect them negative.
-    if redis.call('HEXISTS', KEYS[3], order.user) == 1 then
-      if redis.call('HINCRBY', KEYS[3], order.user, -order.qty) <= 0 then
-        redis.call('HDEL', KEYS[3], order.user)
-      end
-    end
-    redis.call('PUBLISH', ARGV[4], ARGV[3])
-  end
-  redis.call('XACK', KEYS[4], group, id)
+local function forget_attempts(id)
+  if had_attempts then redis.call('HDEL', KEYS[5], id) end
+end
+
+-- Records the entry in the dead-letter stream and acknowledges it. Nothing else changes: a
+-- pending order it names stays pending, its units held.
+local function dead_letter(id, outcome, reason, attempts, fields, order_id, order, err)
+  redis.call('XADD', KEYS[4], '*', 'entry', id, 'reason', reason, 'deliveries', attempts,
+    'order', order_id or '', 'payload', cjson.encode(fields or {}), 'at', now,
+    'error', err or '')
+  redis.call('XACK', KEYS[3], group, id)
+  forget_attempts(id)
   local qty, created = 0, 0
   if order then qty, created = order.qty, order.created end
-  return {id, 'dead_lettered:' .. reason, qty, created, now}
+  return {id, outcome .. ':' .. reason, qty, created, now}
 end
 
 local function finalize(id)
-  local pending = redis.call('XPENDING', KEYS[4], group, id, id, 1)
-  if #pending == 0 then
-    return {id, 'skipped', 0, 0, 0}
-  end
-  local deliveries = tonumber(pending[1][4])
-  local entry = redis.call('XRANGE', KEYS[4], id, id)
+  local entry = redis.call('XRANGE', KEYS[3], id, id)
   if #entry == 0 then
-    return dead_letter(id, 'entry_missing', deliveries)
+    return dead_letter(id, 'dead_lettered', 'entry_missing', 0)
   end
   local fields = entry[1][2]
   local order_id
@@ -68,28 +85,61 @@ local function finalize(id)
     if fields[i] == 'order' then order_id = fields[i + 1] end
   end
   if not order_id then
-    return dead_letter(id, 'unparseable', deliveries, fields)
+    return dead_letter(id, 'dead_lettered', 'unparseable', 0, fields)
   end
-  local order = parse(redis.call('HGET', KEYS[2], order_id))
+  local record = redis.call('HGET', KEYS[2], order_id)
+  if not record then
+    return dead_letter(id, 'dead_lettered', 'unknown_order', 0, fields, order_id)
+  end
+  local order = parse(record)
   if not order then
-    return dead_letter(id, 'unknown_order', deliveries, fields, order_id)
-  end
-  if deliveries > max_deliveries then
-    return dead_letter(id, 'max_deliveries', deliveries, fields, order_id, order)
+    return dead_letter(id, 'dead_lettered', 'corrupt_order', 0, fields, order_id)
   end
   if order.status ~= 'p' then
-    redis.call('XACK', KEYS[4], group, id)
+    redis.call('XACK', KEYS[3], group, id)
+    forget_attempts(id)
     return {id, 'duplicate', order.qty, order.created, order.done}
   end
+  redis.call('HINCRBY', KEYS[1], 'confirmed', order.qty)
   redis.call('HSET', KEYS[2], order_id,
     string.format('c|%d|%s|%d|%s', order.qty, order.created, now, order.user))
-  redis.call('HINCRBY', KEYS[1], 'confirmed', order.qty)
-  redis.call('XACK', KEYS[4], group, id)
+  redis.call('XACK', KEYS[3], group, id)
+  forget_attempts(id)
   return {id, 'confirmed', order.qty, order.created, now}
 end
 
-for i = 5, #ARGV do
-  for _, v in ipairs(finalize(ARGV[i])) do
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  local result
+  if #redis.call('XPENDING', KEYS[3], group, id, id, 1) == 0 then
+    result = {id, 'skipped', 0, 0, 0}
+  else
+    local ok, value = pcall(finalize, id)
+    if ok then
+      result = value
+    else
+      local err = message(value)
+      if is_infra(err) then error(value) end
+      -- The one write that counts this attempt; under OOM it raises and nothing is counted.
+      local attempts = redis.call('HINCRBY', KEYS[5], id, 1)
+      had_attempts = true
+      if attempts > max_attempts then
+        local entry = redis.call('XRANGE', KEYS[3], id, id)
+        local fields, order_id = {}, ''
+        if #entry > 0 then
+          fields = entry[1][2]
+          for j = 1, #fields, 2 do
+            if fields[j] == 'order' then order_id = fields[j + 1] end
+          end
+        end
+        result = dead_letter(id, 'parked', 'max_attempts', attempts, fields, order_id,
+          parse(redis.call('HGET', KEYS[2], order_id)), err)
+      else
+        result = {id, 'retry:' .. err, 0, 0, 0}
+      end
+    end
+  end
+  for _, v in ipairs(result) do
     out[#out + 1] = v
   end
 end

@@ -24,8 +24,12 @@
 -- Precedence: a replay wins in every state of the event; stock is checked before the
 -- per-user total so that a sold-out event answers sold_out to everyone, the same answer a
 -- gateway's local sold-out flag gives without calling this script.
+--
+-- Nothing here sets a TTL: a key with a TTL is what `volatile-*` eviction policies evict
+-- first, and losing an idempotency entry would let a retry buy twice. The worker removes the
+-- idempotency entries and user totals once the event's retention has passed (purge.lua).
 
-local ev = redis.call('HMGET', KEYS[1], 'remaining', 'limit', 'starts', 'ends', 'purge_at')
+local ev = redis.call('HMGET', KEYS[1], 'remaining', 'limit', 'starts', 'ends')
 if not ev[1] then
   return {'event_not_found'}
 end
@@ -64,16 +68,10 @@ end
 
 -- Every check passed: write.
 remaining = redis.call('HINCRBY', KEYS[1], 'remaining', -qty)
-local accepted = redis.call('HINCRBY', KEYS[1], 'accepted', 1)
+redis.call('HINCRBY', KEYS[1], 'accepted', 1)
 local record = string.format('p|%d|%d||%s', qty, now, ARGV[2])
 redis.call('HSET', KEYS[4], ARGV[4], record)
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
 redis.call('HINCRBY', KEYS[3], ARGV[2], qty)
 redis.call('XADD', KEYS[5], '*', 'order', ARGV[4])
-if accepted == 1 and ev[5] ~= '' then
-  -- Idempotency entries and user totals are only needed while replays can still arrive;
-  -- both keys were just created by the event's first order, so expire them once.
-  redis.call('PEXPIREAT', KEYS[2], ev[5])
-  redis.call('PEXPIREAT', KEYS[3], ev[5])
-end
 return {'accepted', ARGV[4], record, remaining}

@@ -7,10 +7,12 @@
 -- KEYS[1] event hash fs:{ev:E}:event
 -- ARGV[1] stock, ARGV[2] per-user limit, ARGV[3] name ('' when absent),
 -- ARGV[4] starts_ms ('' when absent), ARGV[5] ends_ms ('' when absent),
--- ARGV[6] purge_at_ms: when idempotency entries and user totals expire ('' = never)
+-- ARGV[6] purge_at_ms: when the worker removes idempotency entries and user totals
+-- (purge.lua; '' = never)
 --
 -- Event hash fields: stock, remaining, confirmed (units finalized by the worker), accepted
--- (orders ever accepted), limit, name, starts, ends, purge_at, created (ms).
+-- (orders ever accepted), limit, name, starts, ends, purge_at, created (ms), purged (ms, set
+-- by purge.lua).
 -- Returns 'created' | 'unchanged' | 'replaced' | 'conflict'.
 
 local cur = redis.call('HMGET', KEYS[1], 'stock', 'limit', 'name', 'starts', 'ends', 'accepted', 'purge_at')
@@ -20,6 +22,7 @@ local function write(status)
   redis.call('HSET', KEYS[1], 'stock', ARGV[1], 'remaining', ARGV[1], 'confirmed', 0,
     'accepted', 0, 'limit', ARGV[2], 'name', ARGV[3], 'starts', ARGV[4], 'ends', ARGV[5],
     'purge_at', ARGV[6], 'created', now)
+  redis.call('HDEL', KEYS[1], 'purged')
   return status
 end
 

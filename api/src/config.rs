@@ -6,15 +6,30 @@ use std::time::Duration;
 
 use flashsale_shared::config::{LogArgs, RedisArgs};
 
+/// Defaults, each written once: used by the flags below and by [`Config::new`].
+pub const DEFAULT_LISTEN_ADDR: &str = "127.0.0.1:8080";
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 3000;
+pub const DEFAULT_BODY_TIMEOUT_MS: u64 = 1000;
+pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_IDEMPOTENCY_RETENTION_SECS: u64 = 86_400;
+pub const DEFAULT_SOLD_OUT_CACHE: bool = true;
+pub const DEFAULT_SOLD_OUT_REFRESH_MS: u64 = 25;
+
+/// Longest `IDEMPOTENCY_RETENTION_SECS`: ten years. Longer is not a retention any more, and
+/// the bound keeps `ends_at + retention` far inside the range of a Unix millisecond.
+pub const MAX_IDEMPOTENCY_RETENTION_SECS: u64 = 315_360_000;
+
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "flashsale-api", version, about = "flashsale HTTP gateway")]
 pub struct Config {
     /// Address the HTTP server binds.
-    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "LISTEN_ADDR", default_value = DEFAULT_LISTEN_ADDR)]
     pub listen_addr: SocketAddr,
 
-    /// Bearer token for admin routes. Unset: admin routes answer 401 to everyone.
-    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true, value_parser = AdminToken::parse)]
+    /// Bearer token for admin routes (at least 16 printable characters). Unset: admin routes
+    /// answer 401 to everyone.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true,
+          value_parser = flashsale_shared::config::Secret(AdminToken::parse))]
     pub admin_token: Option<AdminToken>,
 
     #[command(flatten)]
@@ -23,32 +38,43 @@ pub struct Config {
     #[command(flatten)]
     pub log: LogArgs,
 
-    /// Threads serving requests (default: one per CPU). On a small machine shared with Redis
-    /// and a load generator, fewer threads than CPUs serve more requests (see
+    /// Threads serving requests (default: one per CPU), 1-1024. On a small machine shared with
+    /// Redis and a load generator, fewer threads than CPUs serve more requests (see
     /// docs/benchmarks.md).
     #[arg(long, env = "WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub worker_threads: Option<u16>,
 
-    /// Upper bound on a whole request, Redis calls included; past it the client gets a 503.
-    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 3000,
+    /// Upper bound on a whole request, Redis calls included, 100-60000 ms; above
+    /// `BODY_TIMEOUT_MS + REDIS_TIMEOUT_MS`, so a purchase whose body came late still has its
+    /// whole Redis deadline.
+    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = DEFAULT_REQUEST_TIMEOUT_MS,
           value_parser = clap::value_parser!(u64).range(100..=60_000))]
     pub request_timeout_ms: u64,
 
-    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish before exit.
-    #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
+    /// How long the request body may take to arrive, 10-60000 ms (408 past it; nothing changed).
+    #[arg(long, env = "BODY_TIMEOUT_MS", default_value_t = DEFAULT_BODY_TIMEOUT_MS,
+          value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub body_timeout_ms: u64,
+
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish before exit,
+    /// 0-600000 ms.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = DEFAULT_SHUTDOWN_TIMEOUT_MS,
+          value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub shutdown_timeout_ms: u64,
 
     /// How long after an event's `ends_at` its idempotency entries and per-user totals are
-    /// kept (replays keep working until then), in seconds.
-    #[arg(long, env = "IDEMPOTENCY_RETENTION_SECS", default_value_t = 86_400)]
+    /// kept (replays keep working until then; then a worker removes them), in seconds,
+    /// 0-315360000 (ten years).
+    #[arg(long, env = "IDEMPOTENCY_RETENTION_SECS", default_value_t = DEFAULT_IDEMPOTENCY_RETENTION_SECS,
+          value_parser = clap::value_parser!(u64).range(0..=MAX_IDEMPOTENCY_RETENTION_SECS))]
     pub idempotency_retention_secs: u64,
 
     /// Answer `sold_out` from a local flag once an event is sold out (see `sold_out.rs`).
-    #[arg(long, env = "SOLD_OUT_CACHE", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "SOLD_OUT_CACHE", default_value_t = DEFAULT_SOLD_OUT_CACHE, action = clap::ArgAction::Set)]
     pub sold_out_cache: bool,
 
-    /// How often each local sold-out flag is re-validated against Redis.
-    #[arg(long, env = "SOLD_OUT_REFRESH_MS", default_value_t = 25,
+    /// How often each local sold-out flag is re-validated against Redis, 5-1000 ms.
+    #[arg(long, env = "SOLD_OUT_REFRESH_MS", default_value_t = DEFAULT_SOLD_OUT_REFRESH_MS,
           value_parser = clap::value_parser!(u64).range(5..=1_000))]
     pub sold_out_refresh_ms: u64,
 }
@@ -57,21 +83,45 @@ impl Config {
     /// Defaults for everything but Redis (used by tests and embedders).
     pub fn new(redis: RedisArgs) -> Self {
         Self {
-            listen_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            listen_addr: DEFAULT_LISTEN_ADDR.parse().expect("a valid default address"),
             admin_token: None,
             redis,
-            log: LogArgs { log_filter: "info".into(), log_format: flashsale_shared::config::LogFormat::Text },
+            log: LogArgs::default(),
             worker_threads: None,
-            request_timeout_ms: 3000,
-            shutdown_timeout_ms: 10_000,
-            idempotency_retention_secs: 86_400,
-            sold_out_cache: true,
-            sold_out_refresh_ms: 25,
+            request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
+            body_timeout_ms: DEFAULT_BODY_TIMEOUT_MS,
+            shutdown_timeout_ms: DEFAULT_SHUTDOWN_TIMEOUT_MS,
+            idempotency_retention_secs: DEFAULT_IDEMPOTENCY_RETENTION_SECS,
+            sold_out_cache: DEFAULT_SOLD_OUT_CACHE,
+            sold_out_refresh_ms: DEFAULT_SOLD_OUT_REFRESH_MS,
         }
+    }
+
+    /// What single ranges cannot say: checked at start-up (by `run`), naming the settings.
+    pub fn validate(&self) -> Result<(), String> {
+        let (body, redis, request) =
+            (self.body_timeout_ms, self.redis.redis_timeout_ms, self.request_timeout_ms);
+        if body.saturating_add(redis) >= request {
+            return Err(format!(
+                "REQUEST_TIMEOUT_MS ({request}) must be above BODY_TIMEOUT_MS ({body}) + REDIS_TIMEOUT_MS \
+                 ({redis}): otherwise a request deadline can cut a purchase short after its script \
+                 was sent"
+            ));
+        }
+        if self.idempotency_retention_secs > MAX_IDEMPOTENCY_RETENTION_SECS {
+            return Err(format!(
+                "IDEMPOTENCY_RETENTION_SECS may be at most {MAX_IDEMPOTENCY_RETENTION_SECS}"
+            ));
+        }
+        Ok(())
     }
 
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_timeout_ms)
     }
 
     pub fn shutdown_timeout(&self) -> Duration {
@@ -90,10 +140,10 @@ pub struct AdminToken(String);
 impl AdminToken {
     pub fn parse(token: &str) -> Result<Self, String> {
         if token.len() < 16 {
-            return Err("ADMIN_TOKEN must be at least 16 characters long".into());
+            return Err("must be at least 16 characters long".into());
         }
         if !token.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err("ADMIN_TOKEN must be printable ASCII without spaces".into());
+            return Err("must be printable ASCII without spaces".into());
         }
         Ok(Self(token.to_owned()))
     }

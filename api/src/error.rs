@@ -3,16 +3,20 @@
 //! Every error a client can see is an RFC 9457 problem (`application/problem+json`) with
 //! `type`, `title`, `status`, `detail` and a machine-readable `code`. Errors about the request
 //! (validation, business rules) pass through as they are. A Redis failure the client cannot
-//! fix (down, slow, out of memory, busy, loading) is a 503 `unavailable` with `Retry-After`:
-//! for a purchase whose script may already have run, the detail says the outcome is unknown
-//! and that a retry with the same user and key resolves it (the scripts make that retry a
-//! replay). Anything else is a bug: logged with its context, answered with an opaque 500.
+//! fix (down, slow, out of memory, read-only, busy, loading) is a 503 `unavailable` with
+//! `Retry-After`, never a 500, and its detail says which. `outcome_unknown` tells the truth:
+//! `true` whenever a mutating call may have reached Redis (a deadline that passed after the
+//! script may have been sent, a connection lost mid-call): a retry with the same user and key
+//! resolves it (the scripts make that retry a replay). Only a failure known to come before the
+//! command ran (a refused connection, a server that refused it) says nothing changed.
+//! Anything else is a bug: logged with its context, answered with an opaque 500.
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use flashsale_shared::connection::Fault;
 use flashsale_shared::{InvalidField, OrderId};
 use serde::Serialize;
 
@@ -28,6 +32,8 @@ pub enum ApiError {
     BadRequest(String),
     #[error("invalid header: {0}")]
     InvalidHeader(InvalidField),
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
     #[error("unsupported media type")]
     UnsupportedMediaType,
     #[error("payload too large")]
@@ -52,10 +58,49 @@ pub enum ApiError {
     SaleNotActive,
     #[error("idempotency key reused with a different payload")]
     IdempotencyKeyMismatch { order_id: OrderId },
-    #[error("Redis unavailable: {cause}")]
-    Unavailable { outcome_unknown: bool, cause: String },
+    #[error("Redis unavailable ({why:?}): {cause}")]
+    Unavailable { why: Unavailable, outcome_unknown: bool, cause: String },
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// Why Redis could not serve a request; each has its own problem detail, so a client (and
+/// an operator reading the log) can tell a slow Redis from a full one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unavailable {
+    /// No answer within `REDIS_TIMEOUT_MS` (or the request's deadline).
+    Timeout,
+    /// Redis is out of memory (maxmemory under `noeviction`): it refused the write.
+    OutOfMemory,
+    /// Redis is a read-only replica (a failover); the gateway reconnects.
+    ReadOnly,
+    /// The connection was refused: Redis is down or unreachable.
+    Refused,
+    /// The connection broke while the command was out.
+    ConnectionLost,
+    /// Redis is loading, busy or otherwise refusing commands for now.
+    Busy,
+    /// Redis's `maxmemory-policy` could evict idempotency entries: the gateway refuses to sell.
+    EvictionPolicy(String),
+}
+
+impl Unavailable {
+    fn detail(&self) -> String {
+        match self {
+            Self::Timeout => "Redis did not answer in time.".into(),
+            Self::OutOfMemory => {
+                "Redis is full (maxmemory reached under noeviction) and refuses writes.".into()
+            }
+            Self::ReadOnly => "Redis is a read-only replica (a failover is under way); reconnecting.".into(),
+            Self::Refused => "Redis refused the connection (down or unreachable).".into(),
+            Self::ConnectionLost => "The connection to Redis broke during the call.".into(),
+            Self::Busy => "Redis is loading or busy and refuses commands for now.".into(),
+            Self::EvictionPolicy(policy) => format!(
+                "Redis's maxmemory-policy is {policy}, which could evict idempotency entries and \
+                 let a retry buy twice: sales are refused until it is noeviction or volatile-*."
+            ),
+        }
+    }
 }
 
 impl ApiError {
@@ -64,48 +109,77 @@ impl ApiError {
     }
 
     /// A failed Redis call. `mutating` marks calls that may have changed state before the
-    /// failure was seen (a purchase): their outcome is unknown unless the connection was
-    /// refused outright.
+    /// failure was seen (a purchase): their outcome is unknown unless the failure is known to
+    /// come before the command ran (refused connection, a server that refused it).
     pub fn redis(error: redis::RedisError, mutating: bool) -> Self {
-        use redis::ErrorKind;
-        let ours = matches!(error.kind(), ErrorKind::UnexpectedReturnType | ErrorKind::Parse);
-        if ours {
-            return Self::Internal(format!("Redis reply not understood: {error}"));
-        }
+        let why = match Fault::of(&error) {
+            Fault::Timeout => Unavailable::Timeout,
+            Fault::OutOfMemory => Unavailable::OutOfMemory,
+            Fault::ReadOnly => Unavailable::ReadOnly,
+            Fault::Refused => Unavailable::Refused,
+            Fault::ConnectionLost => Unavailable::ConnectionLost,
+            Fault::Unavailable => Unavailable::Busy,
+            Fault::Other => return Self::Internal(format!("Redis reply not understood: {error}")),
+        };
+        let outcome_unknown = mutating && Fault::of(&error).outcome_unknown();
+        Self::Unavailable { why, outcome_unknown, cause: error.to_string() }
+    }
+
+    /// A call whose deadline passed. `sent` marks a mutating call that may have reached Redis.
+    pub fn timeout(sent: bool) -> Self {
         Self::Unavailable {
-            outcome_unknown: mutating && !error.is_connection_refusal(),
-            cause: error.to_string(),
+            why: Unavailable::Timeout,
+            outcome_unknown: sent,
+            cause: "deadline exceeded".into(),
         }
     }
 
-    /// A Redis call that did not answer within its deadline.
-    pub fn timeout(mutating: bool) -> Self {
-        Self::Unavailable { outcome_unknown: mutating, cause: "deadline exceeded".into() }
+    /// Status, code and title: the one table of every variant. The code is the
+    /// machine-readable `code` member, stable and documented in the README.
+    fn meta(&self) -> (StatusCode, &'static str, &'static str) {
+        use StatusCode as S;
+        match self {
+            Self::InvalidFields(_) => (S::UNPROCESSABLE_ENTITY, "invalid_fields", "Invalid fields"),
+            Self::MalformedJson(_) => (S::BAD_REQUEST, "malformed_json", "Malformed JSON"),
+            Self::BadRequest(_) => (S::BAD_REQUEST, "bad_request", "Bad request"),
+            Self::InvalidHeader(_) => (S::BAD_REQUEST, "invalid_header", "Invalid header"),
+            Self::RequestTimeout => (S::REQUEST_TIMEOUT, "request_timeout", "Request timeout"),
+            Self::UnsupportedMediaType => {
+                (S::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "Unsupported media type")
+            }
+            Self::PayloadTooLarge => (S::PAYLOAD_TOO_LARGE, "payload_too_large", "Payload too large"),
+            Self::RouteNotFound => (S::NOT_FOUND, "not_found", "Not found"),
+            Self::MethodNotAllowed => (S::METHOD_NOT_ALLOWED, "method_not_allowed", "Method not allowed"),
+            Self::Unauthorized => (S::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            Self::EventNotFound => (S::NOT_FOUND, "event_not_found", "Event not found"),
+            Self::OrderNotFound => (S::NOT_FOUND, "order_not_found", "Order not found"),
+            Self::EventConflict => (S::CONFLICT, "event_conflict", "Event conflict"),
+            Self::SoldOut => (S::CONFLICT, "sold_out", "Sold out"),
+            Self::LimitExceeded { .. } => (S::CONFLICT, "limit_exceeded", "Per-user limit exceeded"),
+            Self::SaleNotActive => (S::CONFLICT, "sale_not_active", "Sale not active"),
+            Self::IdempotencyKeyMismatch { .. } => {
+                (S::UNPROCESSABLE_ENTITY, "idempotency_key_mismatch", "Idempotency key mismatch")
+            }
+            Self::Unavailable { .. } => (S::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable"),
+            Self::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal", "Internal server error"),
+        }
     }
 
     pub fn status(&self) -> StatusCode {
-        match self {
-            Self::InvalidFields(_) | Self::IdempotencyKeyMismatch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::MalformedJson(_) | Self::BadRequest(_) | Self::InvalidHeader(_) => StatusCode::BAD_REQUEST,
-            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::RouteNotFound | Self::EventNotFound | Self::OrderNotFound => StatusCode::NOT_FOUND,
-            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::EventConflict | Self::SoldOut | Self::LimitExceeded { .. } | Self::SaleNotActive => {
-                StatusCode::CONFLICT
-            }
-            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        self.meta().0
+    }
+
+    /// The machine-readable `code` member.
+    pub fn code(&self) -> &'static str {
+        self.meta().1
     }
 
     fn problem(&self) -> Problem {
-        let code = self.code();
+        let (status, code, title) = self.meta();
         Problem {
             type_uri: format!("/problems/{code}"),
-            title: self.title(),
-            status: self.status().as_u16(),
+            title,
+            status: status.as_u16(),
             detail: self.detail(),
             code,
             invalid_params: match self {
@@ -128,53 +202,6 @@ impl ApiError {
         }
     }
 
-    /// The machine-readable `code` member; stable, documented in the README.
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::InvalidFields(_) => "invalid_fields",
-            Self::MalformedJson(_) => "malformed_json",
-            Self::BadRequest(_) => "bad_request",
-            Self::InvalidHeader(_) => "invalid_header",
-            Self::UnsupportedMediaType => "unsupported_media_type",
-            Self::PayloadTooLarge => "payload_too_large",
-            Self::RouteNotFound => "not_found",
-            Self::MethodNotAllowed => "method_not_allowed",
-            Self::Unauthorized => "unauthorized",
-            Self::EventNotFound => "event_not_found",
-            Self::OrderNotFound => "order_not_found",
-            Self::EventConflict => "event_conflict",
-            Self::SoldOut => "sold_out",
-            Self::LimitExceeded { .. } => "limit_exceeded",
-            Self::SaleNotActive => "sale_not_active",
-            Self::IdempotencyKeyMismatch { .. } => "idempotency_key_mismatch",
-            Self::Unavailable { .. } => "unavailable",
-            Self::Internal(_) => "internal",
-        }
-    }
-
-    fn title(&self) -> &'static str {
-        match self {
-            Self::InvalidFields(_) => "Invalid fields",
-            Self::MalformedJson(_) => "Malformed JSON",
-            Self::BadRequest(_) => "Bad request",
-            Self::InvalidHeader(_) => "Invalid header",
-            Self::UnsupportedMediaType => "Unsupported media type",
-            Self::PayloadTooLarge => "Payload too large",
-            Self::RouteNotFound => "Not found",
-            Self::MethodNotAllowed => "Method not allowed",
-            Self::Unauthorized => "Unauthorized",
-            Self::EventNotFound => "Event not found",
-            Self::OrderNotFound => "Order not found",
-            Self::EventConflict => "Event conflict",
-            Self::SoldOut => "Sold out",
-            Self::LimitExceeded { .. } => "Per-user limit exceeded",
-            Self::SaleNotActive => "Sale not active",
-            Self::IdempotencyKeyMismatch { .. } => "Idempotency key mismatch",
-            Self::Unavailable { .. } => "Service unavailable",
-            Self::Internal(_) => "Internal server error",
-        }
-    }
-
     fn detail(&self) -> String {
         match self {
             Self::InvalidFields(fields) => {
@@ -183,6 +210,7 @@ impl ApiError {
             Self::MalformedJson(why) => format!("The body is not valid JSON: {why}"),
             Self::BadRequest(why) => why.clone(),
             Self::InvalidHeader(field) => field.to_string(),
+            Self::RequestTimeout => "The request body did not arrive in time; nothing was changed.".into(),
             Self::UnsupportedMediaType => "Send the body as `Content-Type: application/json`.".into(),
             Self::PayloadTooLarge => format!("The body may be at most {} bytes.", crate::BODY_LIMIT),
             Self::RouteNotFound => "No route matches this path.".into(),
@@ -202,12 +230,14 @@ impl ApiError {
                 "This idempotency scope was used for order {order_id} with a different payload; \
                  use a new Idempotency-Key for a different purchase."
             ),
-            Self::Unavailable { outcome_unknown: true, .. } => "Redis did not answer in time, so the \
-                outcome of this purchase is unknown. Retry the same request (same user_id, same \
-                Idempotency-Key): if it was placed you get the order back, otherwise it is placed now."
-                .into(),
-            Self::Unavailable { outcome_unknown: false, .. } => {
-                "The store is unreachable; nothing was changed. Retry shortly.".into()
+            Self::Unavailable { why, outcome_unknown: true, .. } => format!(
+                "{} The outcome of this request is unknown: retry the same request (same user_id, \
+                 same Idempotency-Key); if it was placed you get the order back, otherwise it is \
+                 placed now.",
+                why.detail()
+            ),
+            Self::Unavailable { why, outcome_unknown: false, .. } => {
+                format!("{} Nothing was changed; retry shortly.", why.detail())
             }
             Self::Internal(_) => "An internal error occurred; it has been logged.".into(),
         }
@@ -305,6 +335,7 @@ fn constant_body(code: &str) -> Option<&'static [u8]> {
         [
             ApiError::SoldOut,
             ApiError::SaleNotActive,
+            ApiError::RequestTimeout,
             ApiError::EventNotFound,
             ApiError::OrderNotFound,
             ApiError::RouteNotFound,
@@ -342,8 +373,9 @@ pub async fn as_problem(response: Response) -> Response {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
         StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType,
         StatusCode::UNPROCESSABLE_ENTITY => ApiError::invalid(InvalidField::new("request", text)),
-        StatusCode::REQUEST_TIMEOUT | StatusCode::SERVICE_UNAVAILABLE => {
-            ApiError::Unavailable { outcome_unknown: false, cause: text }
+        StatusCode::REQUEST_TIMEOUT => ApiError::RequestTimeout,
+        StatusCode::SERVICE_UNAVAILABLE => {
+            ApiError::Unavailable { why: Unavailable::Busy, outcome_unknown: false, cause: text }
         }
         s if s.is_client_error() => ApiError::BadRequest(text),
         _ => ApiError::Internal(text),

@@ -6,30 +6,34 @@ use axum::extract::{FromRequest, Request};
 use axum::http::{StatusCode, header};
 use serde::de::DeserializeOwned;
 
+use crate::AppState;
 use crate::error::ApiError;
 
-/// A JSON body: 415 without a JSON content type, 413 over the body limit, 400 when the text
-/// is not JSON, 422 when it is JSON of the wrong shape (missing, unknown or mistyped fields).
+/// A JSON body: 415 without a JSON content type, 413 over the body limit, 408 when it does not
+/// arrive within `BODY_TIMEOUT_MS` (a slow client must not eat the time a purchase needs for
+/// Redis), 400 when the text is not JSON, 422 when it is JSON of the wrong shape (missing,
+/// unknown or mistyped fields).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct JsonBody<T>(pub T);
 
-impl<S, T> FromRequest<S> for JsonBody<T>
+impl<T> FromRequest<AppState> for JsonBody<T>
 where
-    S: Send + Sync,
     T: DeserializeOwned,
 {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         if !is_json(req.headers()) {
             return Err(ApiError::UnsupportedMediaType);
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| match rejection {
-            BytesRejection::FailedToBufferBody(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                ApiError::PayloadTooLarge
-            }
-            other => ApiError::MalformedJson(other.body_text()),
-        })?;
+        let read = tokio::time::timeout(state.body_timeout(), Bytes::from_request(req, state));
+        let bytes =
+            read.await.map_err(|_| ApiError::RequestTimeout)?.map_err(|rejection| match rejection {
+                BytesRejection::FailedToBufferBody(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                    ApiError::PayloadTooLarge
+                }
+                other => ApiError::MalformedJson(other.body_text()),
+            })?;
         parse_json(&bytes).map(JsonBody)
     }
 }

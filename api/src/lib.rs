@@ -19,6 +19,7 @@ pub mod extract;
 pub mod metrics;
 pub mod observe;
 pub mod openapi;
+pub mod redis_status;
 pub mod routes;
 pub mod sold_out;
 
@@ -30,6 +31,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, header};
 use axum::routing::get;
+use flashsale_shared::connection::{Fault, Redis};
 use redis::RedisResult;
 use redis::aio::ConnectionManager;
 use tokio::net::TcpListener;
@@ -42,6 +44,7 @@ use crate::config::AdminToken;
 pub use crate::config::Config;
 use crate::error::ApiError;
 use crate::metrics::ApiMetrics;
+use crate::redis_status::RedisStatus;
 use crate::sold_out::SoldOutBoard;
 
 /// Request bodies above this size are refused with 413 before they are read.
@@ -55,9 +58,11 @@ pub struct AppState(Arc<Inner>);
 
 #[derive(Debug)]
 struct Inner {
-    redis: ConnectionManager,
+    redis: Redis,
+    redis_status: Arc<RedisStatus>,
     redis_timeout: Duration,
     request_timeout: Duration,
+    body_timeout: Duration,
     admin_token: Option<AdminToken>,
     idempotency_retention: Duration,
     metrics: Arc<ApiMetrics>,
@@ -67,9 +72,11 @@ struct Inner {
 impl AppState {
     pub fn new(config: &Config) -> RedisResult<Self> {
         Ok(Self(Arc::new(Inner {
-            redis: config.redis.connection_manager()?,
+            redis: Redis::new(&config.redis)?,
+            redis_status: Arc::new(RedisStatus::default()),
             redis_timeout: config.redis.timeout(),
             request_timeout: config.request_timeout(),
+            body_timeout: config.body_timeout(),
             admin_token: config.admin_token.clone(),
             idempotency_retention: config.idempotency_retention(),
             metrics: Arc::new(ApiMetrics::new()),
@@ -86,6 +93,20 @@ impl AppState {
 
     pub fn request_timeout(&self) -> Duration {
         self.0.request_timeout
+    }
+
+    /// How long a request body may take to arrive.
+    pub fn body_timeout(&self) -> Duration {
+        self.0.body_timeout
+    }
+
+    /// `Ok` when Redis may be sold on (see [`redis_status`]).
+    pub async fn may_sell(&self) -> Result<(), ApiError> {
+        self.0.redis_status.check(&self.0.redis, self.0.redis_timeout).await
+    }
+
+    pub fn redis_status(&self) -> &RedisStatus {
+        &self.0.redis_status
     }
 
     pub fn idempotency_retention(&self) -> Duration {
@@ -107,16 +128,26 @@ impl AppState {
 
     /// Runs one Redis operation on the shared connection under the Redis deadline, mapping
     /// every failure to a problem. `mutating` marks operations whose outcome is unknown when
-    /// they time out (see [`ApiError::redis`]).
+    /// they time out (see [`ApiError::redis`]). A failed connection makes the next purchase
+    /// check the server again (a reconnect may reach another one); `READONLY` replaces the
+    /// connection.
     pub async fn redis<T, F, Fut>(&self, mutating: bool, op: F) -> Result<T, ApiError>
     where
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
-        match tokio::time::timeout(self.0.redis_timeout, op(self.0.redis.clone())).await {
+        match tokio::time::timeout(self.0.redis_timeout, op(self.0.redis.get())).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(error)) => Err(ApiError::redis(error, mutating)),
-            Err(_) => Err(ApiError::timeout(mutating)),
+            Ok(Err(error)) => {
+                if self.0.redis.observe(&error) != Fault::Other {
+                    self.0.redis_status.forget();
+                }
+                Err(ApiError::redis(error, mutating))
+            }
+            Err(_) => {
+                self.0.redis_status.forget();
+                Err(ApiError::timeout(mutating))
+            }
         }
     }
 }
@@ -158,6 +189,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    config.validate().map_err(std::io::Error::other)?;
     let state = AppState::new(&config).map_err(std::io::Error::other)?;
     if config.admin_token.is_none() {
         tracing::warn!("ADMIN_TOKEN is not set: every admin route answers 401");
@@ -171,9 +203,13 @@ pub async fn run(
     let background = CancellationToken::new();
     tokio::spawn(warm_up_scripts(state.clone(), background.clone()));
     tokio::spawn(metrics_upkeep(state.clone(), background.clone()));
+    tokio::spawn(state.0.redis_status.clone().watch(
+        state.0.redis.clone(),
+        state.0.redis_timeout,
+        background.clone(),
+    ));
     tokio::spawn(state.sold_out().clone().refresh_loop(state.0.redis.clone(), background.clone()));
-    let client = config.redis.client().map_err(std::io::Error::other)?;
-    tokio::spawn(state.sold_out().clone().listen_loop(client, background.clone()));
+    tokio::spawn(state.sold_out().clone().listen_loop(state.0.redis.client().clone(), background.clone()));
 
     let draining = CancellationToken::new();
     let drain_started = draining.clone();

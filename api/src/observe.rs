@@ -38,7 +38,8 @@ pub async fn every_request(State(state): State<AppState>, request: Request, next
     let handled = tokio::time::timeout(state.request_timeout(), next.run(request)).instrument(span.clone());
     let mut response = match handled.await {
         Ok(response) => error::as_problem(response).await,
-        Err(_) => ApiError::timeout(false).into_response(),
+        // The handler was cut short: a request that may change state may have reached Redis.
+        Err(_) => ApiError::timeout(!matches!(method, Method::GET | Method::HEAD)).into_response(),
     };
 
     let elapsed = started.elapsed();

@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use flashsale_shared::connection::Redis;
 use flashsale_shared::keys::STOCK_RETURNED_CHANNEL;
 use flashsale_shared::shutdown::Ticker;
 use flashsale_shared::{EventId, EventKeys};
@@ -102,7 +103,7 @@ impl SoldOutBoard {
 
     /// Called with what the script said about the stock: 0 means sold out, so take a
     /// snapshot (once, in the background); anything else drops a stale flag.
-    pub fn observe(self: &Arc<Self>, redis: &ConnectionManager, event: &EventId, remaining: u64) {
+    pub fn observe(self: &Arc<Self>, redis: &Redis, event: &EventId, remaining: u64) {
         if !self.enabled {
             return;
         }
@@ -120,7 +121,7 @@ impl SoldOutBoard {
             }
         }
         let board = self.clone();
-        let mut conn = redis.clone();
+        let mut conn = redis.get();
         let event = event.clone();
         tokio::spawn(async move {
             match tokio::time::timeout(Duration::from_secs(2), snapshot(&mut conn, &event)).await {
@@ -157,7 +158,7 @@ impl SoldOutBoard {
     }
 
     /// Re-validates every flag each `refresh` period with one pipelined round trip.
-    pub async fn refresh_loop(self: Arc<Self>, redis: ConnectionManager, stop: CancellationToken) {
+    pub async fn refresh_loop(self: Arc<Self>, redis: Redis, stop: CancellationToken) {
         if !self.enabled {
             return;
         }
@@ -171,7 +172,7 @@ impl SoldOutBoard {
             for flag in flags.values() {
                 pipe.cmd("HMGET").arg(&flag.event_key).arg("remaining").arg("accepted");
             }
-            let mut conn = redis.clone();
+            let mut conn = redis.get();
             let reply =
                 tokio::time::timeout(self.max_age(), pipe.query_async::<Vec<Vec<Option<u64>>>>(&mut conn));
             let Ok(Ok(rows)) = reply.await else { continue };

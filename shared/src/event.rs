@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::domain::EventId;
 use crate::keys::{self, EventKeys};
-use crate::scripts::{self, PUT_EVENT};
+use crate::scripts::{self, PURGE, PUT_EVENT};
 
 /// What an operator sets with `PUT /v1/events/{id}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,7 +43,22 @@ pub async fn put(
 ) -> RedisResult<PutOutcome> {
     let keys = EventKeys::new(id);
     let opt = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_default();
-    let purge_at = config.ends_at_ms.map(|ends| ends.saturating_add(retention.as_millis() as i64));
+    let purge_at = match config.ends_at_ms {
+        None => None,
+        // Checked, never a wrapping cast: a purge time in the past would forget every
+        // idempotency entry at once (settings and times are range-checked before this).
+        Some(ends) => Some(
+            i64::try_from(retention.as_millis())
+                .ok()
+                .and_then(|retention| ends.checked_add(retention))
+                .ok_or_else(|| {
+                    redis::RedisError::from((
+                        redis::ErrorKind::InvalidClientConfig,
+                        "ends_at plus the idempotency retention is out of range",
+                    ))
+                })?,
+        ),
+    };
     let outcome: String = PUT_EVENT
         .key(&keys.event)
         .arg(config.stock)
@@ -145,4 +160,33 @@ pub async fn load(conn: &mut impl ConnectionLike, id: &EventId) -> RedisResult<O
         accepted: num("accepted").unwrap_or(0).max(0) as u64,
         now_ms: secs * 1000 + micros / 1000,
     }))
+}
+
+/// An event's units, as the worker's gauges show them; `None` when the event is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Units {
+    pub stock: u64,
+    pub remaining: u64,
+    pub confirmed: u64,
+}
+
+pub async fn units(conn: &mut impl ConnectionLike, keys: &EventKeys) -> RedisResult<Option<Units>> {
+    let (stock, remaining, confirmed): (Option<u64>, Option<u64>, Option<u64>) = redis::cmd("HMGET")
+        .arg(&keys.event)
+        .arg("stock")
+        .arg("remaining")
+        .arg("confirmed")
+        .query_async(conn)
+        .await?;
+    Ok(match (stock, remaining, confirmed) {
+        (Some(stock), Some(remaining), Some(confirmed)) => Some(Units { stock, remaining, confirmed }),
+        _ => None,
+    })
+}
+
+/// Removes the event's idempotency entries and user totals once `ends_at` plus the retention
+/// has passed (`lua/purge.lua`); `true` when it did so now.
+pub async fn purge(conn: &mut impl ConnectionLike, keys: &EventKeys) -> RedisResult<bool> {
+    let purged: i64 = PURGE.key(&keys.event).key(&keys.idem).key(&keys.users).invoke_async(conn).await?;
+    Ok(purged == 1)
 }

@@ -3,13 +3,18 @@
 //! ```text
 //! fs:events                  SET     every event id, so workers discover new events
 //! fs:stock-returned          channel an event id, published when a failed order returns units
+//! fs:write-probe             STRING  written by /readyz (expires after 10 s)
 //! fs:{ev:E}:event            HASH    config and counters (see lua/put_event.lua)
 //! fs:{ev:E}:orders           HASH    order id -> "status|quantity|created_ms|done_ms|user_id"
-//! fs:{ev:E}:idem             HASH    idempotency scope -> order id (expires after the event)
-//! fs:{ev:E}:users            HASH    user id -> units held (expires after the event)
+//! fs:{ev:E}:idem             HASH    idempotency scope -> order id (purged after retention)
+//! fs:{ev:E}:users            HASH    user id -> units held (purged after retention)
 //! fs:{ev:E}:stream           STREAM  {order = id}, consumed by the worker group
-//! fs:{ev:E}:dead             STREAM  dead letters: entry id, reason, deliveries, payload
+//! fs:{ev:E}:dead             STREAM  dead letters: entry id, reason, deliveries, order, payload
+//! fs:{ev:E}:attempts         HASH    stream entry id -> failed finalize attempts (usually absent)
 //! ```
+//!
+//! No key of an event carries a TTL: under a `volatile-*` eviction policy those are the keys
+//! Redis evicts first. The worker removes what is no longer needed (`lua/purge.lua`).
 //!
 //! Every key of one event carries the hash tag `{ev:E}`, so all of them live in one Redis
 //! Cluster slot and each script may touch them all. `fs:events` is only ever used on its own.
@@ -21,6 +26,10 @@ pub const EVENTS: &str = "fs:events";
 
 /// Pub/sub channel carrying an event id whenever units return to that event's stock.
 pub const STOCK_RETURNED_CHANNEL: &str = "fs:stock-returned";
+
+/// A throwaway key (expires in seconds) that `/readyz` writes to learn whether Redis accepts
+/// writes; never read.
+pub const WRITE_PROBE: &str = "fs:write-probe";
 
 /// The consumer group every worker joins on every order stream.
 pub const CONSUMER_GROUP: &str = "flashsale-workers";
@@ -36,6 +45,7 @@ pub struct EventKeys {
     pub users: String,
     pub stream: String,
     pub dead: String,
+    pub attempts: String,
 }
 
 impl EventKeys {
@@ -48,6 +58,7 @@ impl EventKeys {
             users: key("users"),
             stream: key("stream"),
             dead: key("dead"),
+            attempts: key("attempts"),
         }
     }
 }
@@ -60,7 +71,9 @@ mod tests {
     fn every_key_of_an_event_shares_one_hash_tag() {
         let id = EventId::parse("drop-1").unwrap();
         let keys = EventKeys::new(&id);
-        for key in [&keys.event, &keys.orders, &keys.idem, &keys.users, &keys.stream, &keys.dead] {
+        for key in
+            [&keys.event, &keys.orders, &keys.idem, &keys.users, &keys.stream, &keys.dead, &keys.attempts]
+        {
             assert!(key.starts_with("fs:{ev:drop-1}:"), "{key}");
         }
     }

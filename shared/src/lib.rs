@@ -12,11 +12,14 @@
 //! - [`scripts`]: the Lua scripts of `lua/`, loaded with `include_str!`.
 //! - [`event`], [`purchase`], [`order`], [`stream`]: one module per step a purchase goes
 //!   through, each wrapping its script with typed arguments and outcomes.
+//! - [`dead_letter`]: entries the worker could not finalize, and the operator's redrive/fail.
 //! - [`audit`]: the books-balance invariant, used by tests and by `flashsale-worker check`.
 //! - [`config`], [`telemetry`], [`shutdown`]: the process plumbing both binaries share.
 
 pub mod audit;
 pub mod config;
+pub mod connection;
+pub mod dead_letter;
 pub mod domain;
 pub mod event;
 pub mod keys;

@@ -37,9 +37,10 @@ pub static PURCHASE: LuaScript = lua!("purchase.lua");
 pub static PUT_EVENT: LuaScript = lua!("put_event.lua");
 pub static FINALIZE: LuaScript = lua!("finalize.lua");
 pub static TRIM: LuaScript = lua!("trim.lua");
-pub static AUDIT: LuaScript = lua!("audit.lua");
+pub static PURGE: LuaScript = lua!("purge.lua");
+pub static RESOLVE_DEAD_LETTER: LuaScript = lua!("resolve_dead_letter.lua");
 
-static ALL: [&LuaScript; 5] = [&PURCHASE, &PUT_EVENT, &FINALIZE, &TRIM, &AUDIT];
+static ALL: [&LuaScript; 6] = [&PURCHASE, &PUT_EVENT, &FINALIZE, &TRIM, &PURGE, &RESOLVE_DEAD_LETTER];
 
 /// SCRIPT LOAD every script, so the first purchase after a (re)start needs no second trip.
 pub async fn load_all(conn: &mut impl ConnectionLike) -> RedisResult<()> {
@@ -110,4 +111,26 @@ pub fn unexpected(expected: &str, got: &Value) -> RedisError {
         "script reply of unexpected shape",
         format!("expected {expected}, got {got:?}"),
     ))
+}
+
+/// A bulk or simple string reply as text (`None` for anything else, or invalid UTF-8).
+pub fn text(value: &Value) -> Option<&str> {
+    match value {
+        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok(),
+        Value::SimpleString(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// An integer reply, or a string holding one.
+pub fn integer(value: &Value) -> Option<i64> {
+    match value {
+        Value::Int(n) => Some(*n),
+        other => text(other)?.parse().ok(),
+    }
+}
+
+/// The value of `name` in a flat `[name, value, name, value, ...]` reply (as XINFO gives).
+pub fn field<'a>(pairs: &'a [Value], name: &str) -> Option<&'a Value> {
+    pairs.chunks(2).find(|kv| kv.len() == 2 && text(&kv[0]) == Some(name)).map(|kv| &kv[1])
 }

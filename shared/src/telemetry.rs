@@ -14,9 +14,25 @@ use crate::config::{LogArgs, LogFormat};
 /// Installs the global `tracing` subscriber. Fails on an invalid filter; a second call (as in
 /// tests that start several instances) leaves the first subscriber in place.
 pub fn init_tracing(args: &LogArgs) -> Result<(), String> {
+    init(args, std::io::stdout, std::io::IsTerminal::is_terminal(&std::io::stdout()))
+}
+
+/// Like [`init_tracing`], with log lines on stderr: for operator commands whose stdout is
+/// their JSON output.
+pub fn init_tracing_stderr(args: &LogArgs) -> Result<(), String> {
+    init(args, std::io::stderr, std::io::IsTerminal::is_terminal(&std::io::stderr()))
+}
+
+fn init<W>(args: &LogArgs, writer: W, ansi: bool) -> Result<(), String>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = EnvFilter::try_new(&args.log_filter).map_err(|e| format!("invalid RUST_LOG: {e}"))?;
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(true).with_ansi(ansi);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(true)
+        .with_ansi(ansi)
+        .with_writer(writer);
     let _ = match args.log_format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),

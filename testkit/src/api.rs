@@ -131,6 +131,15 @@ impl Api {
         self.send(Method::GET, &format!("/v1/events/{event}/orders/{order_id}"), &[], None).await
     }
 
+    /// Polls an order until it has `status`; returns its body.
+    pub async fn wait_order_status(&self, event: &str, order_id: &str, status: &str) -> Value {
+        crate::wait_until(Duration::from_secs(15), &format!("order {order_id} to be {status}"), || async {
+            let reply = self.get_order(event, order_id).await;
+            (reply.body["status"] == status).then_some(reply.body)
+        })
+        .await
+    }
+
     pub async fn metrics(&self) -> String {
         self.send(Method::GET, "/metrics", &[], None).await.text
     }

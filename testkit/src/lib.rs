@@ -17,7 +17,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 pub use api::{Api, Reply, metric_value};
-pub use process::{Gateway, Worker, binary, free_port};
+pub use process::{Gateway, Worker, binary, free_port, run_to_exit};
 pub use redis_server::{Durability, RedisServer};
 
 /// A token long enough for the gateway's start-up validation.

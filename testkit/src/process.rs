@@ -15,9 +15,13 @@ pub fn free_port() -> u16 {
 }
 
 /// Path of a workspace binary (`flashsale-api`, `flashsale-worker`), building it if a lone
-/// `cargo test -p ...` did not.
+/// `cargo test -p ...` did not. `FLASHSALE_BIN_DIR` points the tests at other builds (to
+/// show that a test fails on an older commit: build it, then run the new tests against it).
 pub fn binary(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
+    if let Some(dir) = std::env::var_os("FLASHSALE_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
     // Test executables live in target/<profile>/deps; binaries one level up.
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir").to_path_buf();
@@ -34,6 +38,30 @@ pub fn binary(name: &str) -> PathBuf {
     }
     assert!(path.exists(), "{} not found", path.display());
     path
+}
+
+/// Runs a binary to completion (an operator command, or a start-up that must fail) with
+/// `env` and `args`, for at most `timeout`; returns its exit status and what it printed on
+/// stdout and stderr together.
+pub async fn run_to_exit(
+    name: &str,
+    env: &[(&str, &str)],
+    args: &[&str],
+    timeout: Duration,
+) -> (ExitStatus, String) {
+    let mut cmd = tokio::process::Command::new(binary(name));
+    cmd.env_remove("ADMIN_TOKEN").env_remove("RUST_LOG").env("LOG_FORMAT", "text").args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.stdin(Stdio::null()).kill_on_drop(true);
+    let output = tokio::time::timeout(timeout, cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("{name} {args:?} did not exit within {timeout:?}"))
+        .unwrap_or_else(|e| panic!("run {name}: {e}"));
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    (output.status, text)
 }
 
 /// A child process that is SIGKILLed when dropped, so a failing test leaves nothing behind.

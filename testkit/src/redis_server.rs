@@ -104,6 +104,21 @@ impl RedisServer {
         self.client().get_multiplexed_async_connection().await.expect("connect to test Redis")
     }
 
+    /// `CONFIG SET name value` (maxmemory, maxmemory-policy, replicaof, ...).
+    pub async fn config_set(&self, name: &str, value: &str) {
+        let mut conn = self.conn().await;
+        redis::cmd("CONFIG").arg("SET").arg(name).arg(value).exec_async(&mut conn).await.unwrap_or_else(
+            |e| {
+                panic!("CONFIG SET {name} {value}: {e}");
+            },
+        );
+    }
+
+    /// The server's process id (to SIGSTOP/SIGCONT it).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// SIGKILL: no shutdown save, no goodbye; what survives is what the AOF had.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -26,11 +26,55 @@ pub enum Command {
         /// The event to check.
         #[arg(long)]
         event: String,
-        /// Also require that the worker has drained: no pending order, no waiting entry.
+        /// Also require that the worker has drained: no pending order (but parked ones), no
+        /// waiting entry.
         #[arg(long)]
         drained: bool,
     },
+    /// List and resolve dead letters: entries the worker could not finalize. A parked one's
+    /// order stays pending, its units held, until it is redriven or failed here.
+    DeadLetters {
+        #[command(subcommand)]
+        command: DeadLetterCommand,
+    },
 }
+
+#[derive(Debug, clap::Subcommand)]
+pub enum DeadLetterCommand {
+    /// Print an event's dead letters, one JSON object per line, oldest first.
+    List {
+        #[arg(long)]
+        event: String,
+    },
+    /// Put a parked entry's order back on the stream; a worker confirms it.
+    Redrive {
+        #[arg(long)]
+        event: String,
+        /// The dead letter's `id` (as `list` prints it).
+        #[arg(long)]
+        entry: String,
+    },
+    /// Fail a parked entry's order: its units go back on sale and to the buyer's allowance.
+    /// A dead letter without a pending order is just removed.
+    Fail {
+        #[arg(long)]
+        event: String,
+        /// The dead letter's `id` (as `list` prints it).
+        #[arg(long)]
+        entry: String,
+    },
+}
+
+/// Defaults, each written once: used by the flags below and by [`Config::new`].
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9091";
+pub const DEFAULT_BATCH_SIZE: u32 = 200;
+pub const DEFAULT_BLOCK_MS: u64 = 1000;
+pub const DEFAULT_CLAIM_MIN_IDLE_MS: u64 = 30_000;
+pub const DEFAULT_CLAIM_INTERVAL_MS: u64 = 5_000;
+pub const DEFAULT_MAX_DELIVERIES: u32 = 5;
+pub const DEFAULT_DISCOVERY_INTERVAL_MS: u64 = 1_000;
+pub const DEFAULT_TRIM_INTERVAL_MS: u64 = 10_000;
+pub const DEFAULT_STATS_INTERVAL_MS: u64 = 1_000;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
@@ -41,7 +85,7 @@ pub struct Config {
     pub log: LogArgs,
 
     /// Address of the worker's `/metrics` and `/healthz` endpoint.
-    #[arg(long, env = "METRICS_ADDR", default_value = "127.0.0.1:9091")]
+    #[arg(long, env = "METRICS_ADDR", default_value = DEFAULT_METRICS_ADDR)]
     pub metrics_addr: SocketAddr,
 
     /// This worker's name in the consumer group (default: the host name). Keep it stable
@@ -49,46 +93,50 @@ pub struct Config {
     #[arg(long, env = "CONSUMER_NAME", value_parser = parse_consumer_name)]
     pub consumer_name: Option<String>,
 
-    /// Entries read per XREADGROUP call.
-    #[arg(long, env = "BATCH_SIZE", default_value_t = 200,
+    /// Entries read per call, 1-10000.
+    #[arg(long, env = "BATCH_SIZE", default_value_t = DEFAULT_BATCH_SIZE,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub batch_size: u32,
 
-    /// How long one blocking read waits for new entries; also bounds how long a shutdown
-    /// waits for the read in hand.
-    #[arg(long, env = "BLOCK_MS", default_value_t = 1000,
+    /// How long one blocking read waits for new entries, 10-5000 ms; also bounds how long a
+    /// shutdown waits for the read in hand.
+    #[arg(long, env = "BLOCK_MS", default_value_t = DEFAULT_BLOCK_MS,
           value_parser = clap::value_parser!(u64).range(10..=5_000))]
     pub block_ms: u64,
 
     /// Entries pending longer than this with any consumer (a dead or stuck one included) are
-    /// claimed by this worker.
-    #[arg(long, env = "CLAIM_MIN_IDLE_MS", default_value_t = 30_000,
-          value_parser = clap::value_parser!(u64).range(10..))]
+    /// claimed by this worker, 100-86400000 ms. A claim never counts as a delivery, so an
+    /// entry claimed from a worker that was merely slow is finalized once all the same.
+    #[arg(long, env = "CLAIM_MIN_IDLE_MS", default_value_t = DEFAULT_CLAIM_MIN_IDLE_MS,
+          value_parser = clap::value_parser!(u64).range(100..=86_400_000))]
     pub claim_min_idle_ms: u64,
 
-    /// How often the claim loop looks for idle entries.
-    #[arg(long, env = "CLAIM_INTERVAL_MS", default_value_t = 5_000,
-          value_parser = clap::value_parser!(u64).range(10..))]
+    /// How often the claim loop looks for idle entries, 10-3600000 ms.
+    #[arg(long, env = "CLAIM_INTERVAL_MS", default_value_t = DEFAULT_CLAIM_INTERVAL_MS,
+          value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
     pub claim_interval_ms: u64,
 
-    /// An entry delivered more times than this is dead-lettered instead of processed.
-    #[arg(long, env = "MAX_DELIVERIES", default_value_t = 5,
+    /// Failed finalize attempts allowed per entry, 1-1000; the next failure parks it in the
+    /// dead-letter stream (its order stays pending for an operator). Faults of Redis itself
+    /// (full, read-only, unreachable) and worker crashes are never counted.
+    #[arg(long, env = "MAX_DELIVERIES", default_value_t = DEFAULT_MAX_DELIVERIES,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub max_deliveries: u32,
 
-    /// How often the worker looks for new events.
-    #[arg(long, env = "DISCOVERY_INTERVAL_MS", default_value_t = 1_000,
-          value_parser = clap::value_parser!(u64).range(10..))]
+    /// How often the worker looks for new events, 10-600000 ms.
+    #[arg(long, env = "DISCOVERY_INTERVAL_MS", default_value_t = DEFAULT_DISCOVERY_INTERVAL_MS,
+          value_parser = clap::value_parser!(u64).range(10..=600_000))]
     pub discovery_interval_ms: u64,
 
-    /// How often acknowledged history is trimmed from the streams.
-    #[arg(long, env = "TRIM_INTERVAL_MS", default_value_t = 10_000,
-          value_parser = clap::value_parser!(u64).range(10..))]
+    /// How often acknowledged history is trimmed from the streams and ended events past
+    /// their retention are purged, 10-3600000 ms.
+    #[arg(long, env = "TRIM_INTERVAL_MS", default_value_t = DEFAULT_TRIM_INTERVAL_MS,
+          value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
     pub trim_interval_ms: u64,
 
-    /// How often stream and stock gauges are refreshed.
-    #[arg(long, env = "STATS_INTERVAL_MS", default_value_t = 1_000,
-          value_parser = clap::value_parser!(u64).range(10..))]
+    /// How often stream and stock gauges are refreshed, 10-600000 ms.
+    #[arg(long, env = "STATS_INTERVAL_MS", default_value_t = DEFAULT_STATS_INTERVAL_MS,
+          value_parser = clap::value_parser!(u64).range(10..=600_000))]
     pub stats_interval_ms: u64,
 }
 
@@ -104,17 +152,17 @@ impl Config {
     pub fn new(redis: RedisArgs) -> Self {
         Self {
             redis,
-            log: LogArgs { log_filter: "info".into(), log_format: flashsale_shared::config::LogFormat::Text },
-            metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9091)),
+            log: LogArgs::default(),
+            metrics_addr: DEFAULT_METRICS_ADDR.parse().expect("a valid default address"),
             consumer_name: None,
-            batch_size: 200,
-            block_ms: 1000,
-            claim_min_idle_ms: 30_000,
-            claim_interval_ms: 5_000,
-            max_deliveries: 5,
-            discovery_interval_ms: 1_000,
-            trim_interval_ms: 10_000,
-            stats_interval_ms: 1_000,
+            batch_size: DEFAULT_BATCH_SIZE,
+            block_ms: DEFAULT_BLOCK_MS,
+            claim_min_idle_ms: DEFAULT_CLAIM_MIN_IDLE_MS,
+            claim_interval_ms: DEFAULT_CLAIM_INTERVAL_MS,
+            max_deliveries: DEFAULT_MAX_DELIVERIES,
+            discovery_interval_ms: DEFAULT_DISCOVERY_INTERVAL_MS,
+            trim_interval_ms: DEFAULT_TRIM_INTERVAL_MS,
+            stats_interval_ms: DEFAULT_STATS_INTERVAL_MS,
         }
     }
 

@@ -2,27 +2,30 @@
 //!
 //! Three sources of entries, one way to finalize them ([`finalize_entries`], one atomic
 //! `lua/finalize.lua` call per event and batch):
-//! 1. this consumer's own pending entries (read with id `0`): at start-up, so a restarted
-//!    worker first finishes what it held when it died, and again after any failed batch;
-//! 2. new entries (id `>`), with a blocking read on a pooled connection of its own;
-//! 3. entries idle longer than `CLAIM_MIN_IDLE_MS` in any consumer, taken with XAUTOCLAIM
-//!    (see [`claim_loop`]): how the work of a dead or stuck worker gets done.
+//! 1. this consumer's own pending entries, listed with `XPENDING`: at start-up, so a
+//!    restarted worker first finishes what it held when it died, and again after any failure;
+//! 2. new entries, with a blocking `XREADGROUP ... >` on a pooled connection of its own;
+//! 3. entries idle longer than `CLAIM_MIN_IDLE_MS` in any consumer, taken with
+//!    `XAUTOCLAIM ... JUSTID` (see [`claim_loop`]): how the work of a dead or stuck worker
+//!    gets done.
 //!
-//! Whatever races happen between them (a stopped worker waking up after its entries were
-//! claimed, two workers finishing the same order), the script makes the second attempt a
-//! no-op, so an order is never confirmed twice.
+//! Only (2) counts a delivery, once per entry: re-reading, retrying and claiming during an
+//! outage or a crash loop never make an entry look poison (see `shared::stream`). Whatever
+//! races happen between them (a stopped worker waking up after its entries were claimed, two
+//! workers finishing the same order), the script makes the second attempt a no-op, so an
+//! order is never confirmed twice.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use flashsale_shared::keys::CONSUMER_GROUP;
+use flashsale_shared::dead_letter::PARKED_REASON;
 use flashsale_shared::shutdown::Ticker;
-use flashsale_shared::stream::{self, EntryOutcome};
+use flashsale_shared::stream::{self, Delivered, EntryOutcome};
 use flashsale_shared::{EventId, EventKeys};
-use redis::{RedisError, RedisResult, Value};
+use redis::{RedisError, RedisResult};
 use tokio::sync::watch;
 
 use crate::Ctx;
+use crate::failure::Streak;
 
 /// One event's stream, as the loops need it.
 #[derive(Debug, Clone)]
@@ -31,13 +34,26 @@ pub struct EventStream {
     pub keys: EventKeys,
 }
 
-/// Entry ids read from one stream.
-type Batch = (usize, Vec<String>);
+/// What a read of new entries gave.
+enum Read {
+    Entries(Vec<Delivered>),
+    /// A new event appeared meanwhile; the read was abandoned.
+    Interrupted,
+}
+
+/// What finalizing a batch left to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Finalized {
+    /// Every entry is done (confirmed, already final, or dead-lettered).
+    All,
+    /// Some entries failed in the script and stay pending for another attempt.
+    SomeRetry,
+}
 
 pub(crate) async fn consume_loop(ctx: Arc<Ctx>) {
     let mut streams_changed = ctx.streams.clone();
     let mut own_pending = true;
-    let mut failures = 0u32;
+    let mut streak = Streak::new("consume");
     while !ctx.stop.is_cancelled() {
         let streams = streams_changed.borrow_and_update().clone();
         if streams.is_empty() {
@@ -50,10 +66,10 @@ pub(crate) async fn consume_loop(ctx: Arc<Ctx>) {
             read_own_pending(&ctx, &streams).await
         } else {
             match read_new(&ctx, &streams, &mut streams_changed).await {
-                Ok(Some(batches)) => Ok(batches),
-                Ok(None) => {
-                    // Interrupted by a new event. Whatever the abandoned read delivered is in
-                    // our pending list: read that first.
+                Ok(Read::Entries(batches)) => Ok(batches),
+                Ok(Read::Interrupted) => {
+                    // Whatever the abandoned read delivered is in our pending list: read that
+                    // first.
                     own_pending = true;
                     continue;
                 }
@@ -64,50 +80,71 @@ pub(crate) async fn consume_loop(ctx: Arc<Ctx>) {
             Ok(batches) => batches,
             Err(error) => {
                 own_pending = true;
-                failures += 1;
-                on_redis_error(&ctx, &streams, &error, "reading the order streams").await;
-                backoff(&ctx, failures).await;
+                streak.failed(&ctx, &error).await;
+                streak.pause(&ctx).await;
                 continue;
             }
         };
         if own_pending && batches.is_empty() {
             own_pending = false;
+            streak.succeeded();
             continue;
         }
-        let mut ok = true;
-        for (index, ids) in batches {
-            if let Err(error) = finalize_entries(&ctx, &streams[index], &ids).await {
-                ok = false;
-                on_redis_error(&ctx, &streams, &error, "finalizing entries").await;
+        let mut failed = None;
+        let mut retry = false;
+        for batch in &batches {
+            match finalize_entries(&ctx, &streams[batch.stream], &batch.ids).await {
+                Ok(Finalized::All) => {}
+                Ok(Finalized::SomeRetry) => retry = true,
+                Err(error) => failed = Some(error),
             }
         }
-        if ok {
-            failures = 0;
-        } else {
+        if let Some(error) = failed {
             // What failed stays in our pending list; pick it up again before anything new.
             own_pending = true;
-            failures += 1;
-            backoff(&ctx, failures).await;
+            streak.failed(&ctx, &error).await;
+            streak.pause(&ctx).await;
+        } else {
+            streak.succeeded();
+            if retry {
+                // An entry broke the script (its attempt is counted): try again shortly,
+                // without spinning.
+                own_pending = true;
+                tokio::select! {
+                    () = ctx.stop.cancelled() => {}
+                    () = tokio::time::sleep(crate::failure::backoff(1)) => {}
+                }
+            }
         }
     }
     tracing::info!("consumer loop stopped");
 }
 
-async fn read_own_pending(ctx: &Ctx, streams: &[EventStream]) -> RedisResult<Vec<Batch>> {
-    let mut conn = ctx.redis.clone();
-    let reply: Value = xreadgroup(ctx, streams, "0", None).query_async(&mut conn).await?;
-    Ok(entry_ids(reply, streams))
+/// Up to a batch of this consumer's own pending entries per stream (`XPENDING`: counts no
+/// delivery).
+async fn read_own_pending(ctx: &Ctx, streams: &[EventStream]) -> RedisResult<Vec<Delivered>> {
+    let mut conn = ctx.redis.get();
+    let mut batches = Vec::new();
+    for (index, s) in streams.iter().enumerate() {
+        let ids = stream::own_pending(&mut conn, &s.keys, &ctx.consumer, ctx.config.batch_size).await?;
+        if !ids.is_empty() {
+            batches.push(Delivered { stream: index, ids });
+        }
+    }
+    Ok(batches)
 }
 
 /// Blocks for new entries on a pooled connection of its own (a blocking read parks its
-/// connection: never the shared multiplexed one). `None` when a new event appeared meanwhile:
-/// its first orders must not wait out a read on the old streams, so the read is abandoned and
-/// its connection, still blocked inside Redis, is discarded rather than reused.
+/// connection: never the shared multiplexed one). Interrupted when a new event appears
+/// meanwhile: its first orders must not wait out a read on the old streams, so the read is
+/// abandoned and its connection, still blocked inside Redis, is discarded rather than reused.
+/// A connection whose read failed is discarded too: the next one is made afresh (after a
+/// failover, to the new primary).
 async fn read_new(
     ctx: &Ctx,
     streams: &[EventStream],
     streams_changed: &mut watch::Receiver<Arc<Vec<EventStream>>>,
-) -> RedisResult<Option<Vec<Batch>>> {
+) -> RedisResult<Read> {
     let mut conn = ctx.blocking.get().await.map_err(|e| match e {
         bb8::RunError::User(e) => e,
         bb8::RunError::TimedOut => RedisError::from(std::io::Error::new(
@@ -115,111 +152,38 @@ async fn read_new(
             "no blocking connection available in time",
         )),
     })?;
-    let read = xreadgroup(ctx, streams, ">", Some(ctx.config.block_ms));
+    let keys: Vec<&EventKeys> = streams.iter().map(|s| &s.keys).collect();
+    let (batch, block) = (ctx.config.batch_size, ctx.config.block_ms);
     tokio::select! {
-        reply = read.query_async::<Value>(&mut conn.conn) => Ok(Some(entry_ids(reply?, streams))),
+        read = stream::read_new(&mut conn.conn, &keys, &ctx.consumer, batch, block) => match read {
+            Ok(batches) => Ok(Read::Entries(batches)),
+            Err(error) => {
+                conn.abandoned = true;
+                Err(error)
+            }
+        },
         _ = streams_changed.changed() => {
             conn.abandoned = true;
-            Ok(None)
+            Ok(Read::Interrupted)
         }
     }
 }
 
-fn xreadgroup(ctx: &Ctx, streams: &[EventStream], id: &str, block_ms: Option<u64>) -> redis::Cmd {
-    let mut cmd = redis::cmd("XREADGROUP");
-    cmd.arg("GROUP").arg(CONSUMER_GROUP).arg(&ctx.consumer).arg("COUNT").arg(ctx.config.batch_size);
-    if let Some(block) = block_ms {
-        cmd.arg("BLOCK").arg(block);
-    }
-    cmd.arg("STREAMS");
-    for s in streams {
-        cmd.arg(&s.keys.stream);
-    }
-    for _ in streams {
-        cmd.arg(id);
-    }
-    cmd
+/// Finalizes entries of one stream and records what happened. An error is Redis's (the
+/// script catches what an entry causes), so the entries stay pending, uncounted, for a retry.
+pub(crate) async fn finalize_entries(
+    ctx: &Ctx,
+    stream: &EventStream,
+    ids: &[String],
+) -> RedisResult<Finalized> {
+    let mut conn = ctx.redis.get();
+    let done = stream::finalize(&mut conn, &stream.keys, ids, ctx.config.max_deliveries).await?;
+    Ok(record(ctx, stream, &done))
 }
 
-/// The ids of an XREADGROUP reply, per stream (by index into `streams`). Parsed by hand:
-/// an entry deleted while pending comes back with nil fields, which typed parsing rejects,
-/// and only the ids matter here (the script reads the entry itself).
-fn entry_ids(reply: Value, streams: &[EventStream]) -> Vec<Batch> {
-    let Value::Array(per_stream) = reply else { return Vec::new() };
-    let mut batches = Vec::new();
-    for item in per_stream {
-        let Value::Array(mut pair) = item else { continue };
-        if pair.len() != 2 {
-            continue;
-        }
-        let entries = pair.pop();
-        let key = pair.pop().and_then(|k| as_string(&k));
-        let Some(index) = key.and_then(|k| streams.iter().position(|s| s.keys.stream == k)) else { continue };
-        let ids = ids_of(entries);
-        if !ids.is_empty() {
-            batches.push((index, ids));
-        }
-    }
-    batches
-}
-
-fn ids_of(entries: Option<Value>) -> Vec<String> {
-    let Some(Value::Array(entries)) = entries else { return Vec::new() };
-    entries
-        .iter()
-        .filter_map(|entry| match entry {
-            Value::Array(parts) => parts.first().and_then(as_string),
-            _ => None,
-        })
-        .collect()
-}
-
-fn as_string(value: &Value) -> Option<String> {
-    match value {
-        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    }
-}
-
-/// Finalizes entries of one stream and records what happened. A script error that is not a
-/// connection problem is retried entry by entry, so one entry that breaks the script cannot
-/// hold back the rest of its batch (it stays pending and is dead-lettered once redelivered
-/// more than `MAX_DELIVERIES` times).
-pub(crate) async fn finalize_entries(ctx: &Ctx, stream: &EventStream, ids: &[String]) -> RedisResult<()> {
-    let mut conn = ctx.redis.clone();
-    let max = ctx.config.max_deliveries;
-    match stream::finalize(&mut conn, &stream.event, &stream.keys, ids, max).await {
-        Ok(done) => {
-            record(ctx, stream, &done);
-            Ok(())
-        }
-        Err(error) if ids.len() > 1 && is_script_error(&error) => {
-            tracing::warn!(%error, event = %stream.event, "batch failed in the script; retrying entry by entry");
-            let mut last = Ok(());
-            for id in ids {
-                match stream::finalize(&mut conn, &stream.event, &stream.keys, std::slice::from_ref(id), max)
-                    .await
-                {
-                    Ok(done) => record(ctx, stream, &done),
-                    Err(e) => last = Err(e),
-                }
-            }
-            last
-        }
-        Err(error) => Err(error),
-    }
-}
-
-fn is_script_error(error: &RedisError) -> bool {
-    !(error.is_io_error()
-        || error.is_timeout()
-        || error.is_connection_dropped()
-        || error.is_connection_refusal())
-}
-
-fn record(ctx: &Ctx, stream: &EventStream, done: &[stream::FinalizedEntry]) {
+fn record(ctx: &Ctx, stream: &EventStream, done: &[stream::FinalizedEntry]) -> Finalized {
     let m = &ctx.metrics;
+    let mut result = Finalized::All;
     for entry in done {
         match &entry.outcome {
             EntryOutcome::Confirmed => {
@@ -229,76 +193,71 @@ fn record(ctx: &Ctx, stream: &EventStream, done: &[stream::FinalizedEntry]) {
             }
             EntryOutcome::Duplicate | EntryOutcome::Skipped => m.skipped.increment(1),
             EntryOutcome::DeadLettered(reason) => {
-                m.dead_lettered.increment(1);
-                tracing::warn!(event = %stream.event, entry = %entry.entry_id, %reason, "entry dead-lettered");
+                m.dead_lettered(reason);
+                tracing::warn!(event = %stream.event, entry = %entry.entry_id, %reason,
+                    "entry dead-lettered (it names no order that could be held)");
+            }
+            EntryOutcome::Parked(reason) => {
+                m.dead_lettered(reason);
+                tracing::error!(event = %stream.event, entry = %entry.entry_id, reason = PARKED_REASON,
+                    "entry parked: its order stays pending, units held, until an operator runs \
+                     `flashsale-worker dead-letters redrive` or `fail`");
+            }
+            EntryOutcome::Retry(error) => {
+                result = Finalized::SomeRetry;
+                m.finalize_failures.increment(1);
+                tracing::warn!(event = %stream.event, entry = %entry.entry_id, %error,
+                    "finalizing an entry failed; it stays pending and is retried");
             }
         }
     }
+    result
 }
 
 /// Takes over entries that sat unacknowledged longer than `CLAIM_MIN_IDLE_MS` in any
 /// consumer's pending list, whatever happened to that consumer.
 pub(crate) async fn claim_loop(ctx: Arc<Ctx>) {
     let mut ticker = Ticker::new(crate::config::ms(ctx.config.claim_interval_ms), ctx.stop.clone());
+    let mut streak = Streak::new("claim");
     while ticker.tick().await {
         let streams = ctx.streams.borrow().clone();
+        let mut result = Ok(());
         for stream in streams.iter() {
-            if let Err(error) = claim_stream(&ctx, stream).await {
-                on_redis_error(&ctx, &streams, &error, "claiming idle entries").await;
+            result = claim_stream(&ctx, stream).await;
+            if result.is_err() {
+                break;
             }
+        }
+        match result {
+            Ok(()) => streak.succeeded(),
+            Err(error) => streak.failed(&ctx, &error).await,
         }
     }
     tracing::info!("claim loop stopped");
 }
 
 async fn claim_stream(ctx: &Ctx, stream: &EventStream) -> RedisResult<()> {
-    let mut conn = ctx.redis.clone();
+    let mut conn = ctx.redis.get();
     let mut cursor = "0-0".to_owned();
     loop {
-        let reply: Value = redis::cmd("XAUTOCLAIM")
-            .arg(&stream.keys.stream)
-            .arg(CONSUMER_GROUP)
-            .arg(&ctx.consumer)
-            .arg(ctx.config.claim_min_idle_ms)
-            .arg(&cursor)
-            .arg("COUNT")
-            .arg(ctx.config.batch_size)
-            .query_async(&mut conn)
-            .await?;
-        let Value::Array(mut parts) = reply else { return Ok(()) };
-        if parts.len() < 2 {
-            return Ok(());
+        let claimed = stream::claim_idle(
+            &mut conn,
+            &stream.keys,
+            &ctx.consumer,
+            ctx.config.claim_min_idle_ms,
+            &cursor,
+            ctx.config.batch_size,
+        )
+        .await?;
+        if !claimed.ids.is_empty() {
+            ctx.metrics.claimed.increment(claimed.ids.len() as u64);
+            tracing::info!(event = %stream.event, count = claimed.ids.len(), "claimed idle entries");
+            // Entries that fail here are ours now and come back through our own pending list.
+            finalize_entries(ctx, stream, &claimed.ids).await?;
         }
-        let ids = ids_of(Some(parts.remove(1)));
-        let next = as_string(&parts[0]).unwrap_or_else(|| "0-0".into());
-        if !ids.is_empty() {
-            ctx.metrics.claimed.increment(ids.len() as u64);
-            tracing::info!(event = %stream.event, count = ids.len(), "claimed idle entries");
-            finalize_entries(ctx, stream, &ids).await?;
+        match claimed.next {
+            Some(next) if !ctx.stop.is_cancelled() => cursor = next,
+            _ => return Ok(()),
         }
-        if next == "0-0" || ctx.stop.is_cancelled() {
-            return Ok(());
-        }
-        cursor = next;
-    }
-}
-
-async fn on_redis_error(ctx: &Ctx, streams: &[EventStream], error: &RedisError, doing: &str) {
-    ctx.metrics.redis_errors.increment(1);
-    tracing::warn!(%error, "Redis error while {doing}; retrying");
-    if error.code() == Some("NOGROUP") {
-        // The group vanished (a Redis that restarted empty, a flush): recreate it.
-        let mut conn = ctx.redis.clone();
-        for s in streams {
-            let _ = stream::ensure_group(&mut conn, &s.keys).await;
-        }
-    }
-}
-
-async fn backoff(ctx: &Ctx, failures: u32) {
-    let delay = Duration::from_millis(50u64.saturating_mul(1 << failures.min(6)).min(2_000));
-    tokio::select! {
-        () = ctx.stop.cancelled() => {}
-        () = tokio::time::sleep(delay) => {}
     }
 }

@@ -13,17 +13,18 @@ use crate::consumer::EventStream;
 
 pub(crate) async fn discovery_loop(ctx: Arc<Ctx>, streams: watch::Sender<Arc<Vec<EventStream>>>) {
     let mut ticker = Ticker::new(crate::config::ms(ctx.config.discovery_interval_ms), ctx.stop.clone());
+    let mut streak = crate::failure::Streak::new("discovery");
     while ticker.tick().await {
-        if let Err(error) = discover(&ctx, &streams).await {
-            ctx.metrics.redis_errors.increment(1);
-            tracing::warn!(%error, "event discovery failed; retrying");
+        match discover(&ctx, &streams).await {
+            Ok(()) => streak.succeeded(),
+            Err(error) => streak.failed(&ctx, &error).await,
         }
     }
 }
 
 /// One pass: registers groups for events not seen before and publishes the new list.
 pub(crate) async fn discover(ctx: &Ctx, streams: &watch::Sender<Arc<Vec<EventStream>>>) -> RedisResult<()> {
-    let mut conn = ctx.redis.clone();
+    let mut conn = ctx.redis.get();
     let mut ids = event::list(&mut conn).await?;
     ids.sort();
     let current = streams.borrow().clone();

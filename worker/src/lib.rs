@@ -3,22 +3,28 @@
 //! Every accepted purchase is an entry `{order = id}` on its event's stream. Workers share
 //! one consumer group per stream; each entry is finalized (pending -> confirmed) and
 //! acknowledged in one atomic script, so crashes, redeliveries and racing workers never
-//! count an order twice. Entries a dead worker held are claimed after `CLAIM_MIN_IDLE_MS`;
-//! entries delivered more than `MAX_DELIVERIES` times, or unreadable, are dead-lettered and
-//! their orders' units returned.
+//! count an order twice. Entries a dead worker held are claimed after `CLAIM_MIN_IDLE_MS`.
+//! No infrastructure fault fails an order: retries, re-reads and claims never count as
+//! deliveries. Entries that cannot be understood are dead-lettered; an entry whose order is
+//! pending but that failed in the script more than `MAX_DELIVERIES` times is parked, its order
+//! left pending with its units held until an operator resolves it (`dead-letters`).
 //!
 //! # Layout
 //! - [`run`]: starts the loops and the metrics server, stops them on shutdown.
 //! - [`consumer`]: reading (own pending, new, claimed) and finalizing.
 //! - [`discovery`]: new events are picked up without a restart.
 //! - `maintenance`: gauges and trimming of acknowledged history.
-//! - [`check`]: the `check` operator command (books-balance invariant).
+//! - [`check`], [`dead_letters`]: the operator commands (books-balance invariant; listing,
+//!   redriving and failing dead letters).
+//! - `failure`: the one failure policy of every loop (count, log once, capped backoff).
 //! - [`metrics`]: the worker's Prometheus series.
 
 pub mod check;
 pub mod config;
 pub mod consumer;
+pub mod dead_letters;
 pub mod discovery;
+mod failure;
 mod maintenance;
 pub mod metrics;
 
@@ -26,7 +32,8 @@ use std::future::Future;
 use std::sync::Arc;
 
 use bb8_redis::RedisConnectionManager;
-use redis::aio::{ConnectionManager, MultiplexedConnection};
+use flashsale_shared::connection::Redis;
+use redis::aio::MultiplexedConnection;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -41,7 +48,7 @@ pub(crate) struct Ctx {
     config: Config,
     consumer: String,
     /// The shared multiplexed connection, for every non-blocking command.
-    redis: ConnectionManager,
+    redis: Redis,
     /// Connections for blocking reads, whose response timeout exceeds the BLOCK time.
     blocking: bb8::Pool<BlockingReads>,
     metrics: Arc<WorkerMetrics>,
@@ -93,7 +100,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let consumer = config.consumer();
-    let redis = config.redis.connection_manager().map_err(std::io::Error::other)?;
+    let redis = Redis::new(&config.redis).map_err(std::io::Error::other)?;
     let blocking = bb8::Pool::builder()
         .max_size(2)
         .connection_timeout(config.redis.timeout())

@@ -14,14 +14,21 @@ use flashsale_worker::config::{Cli, Command};
 #[tokio::main]
 async fn main() -> ExitCode {
     let Cli { command, config } = Cli::parse();
-    if let Err(error) = telemetry::init_tracing(&config.log) {
+    let command = command.unwrap_or(Command::Run);
+    // Operator commands print JSON on stdout; their log lines go to stderr.
+    let logs = match command {
+        Command::Run => telemetry::init_tracing(&config.log),
+        _ => telemetry::init_tracing_stderr(&config.log),
+    };
+    if let Err(error) = logs {
         eprintln!("flashsale-worker: {error}");
         return ExitCode::from(2);
     }
-    match command.unwrap_or(Command::Run) {
+    match command {
         Command::Check { event, drained } => {
             flashsale_worker::check::check(&config.redis, &event, drained).await
         }
+        Command::DeadLetters { command } => flashsale_worker::dead_letters::run(&config.redis, command).await,
         Command::Run => {
             let listener = match tokio::net::TcpListener::bind(config.metrics_addr).await {
                 Ok(listener) => listener,

@@ -2,14 +2,21 @@
 //! small HTTP server that exposes them with `/healthz`.
 //!
 //! - `flashsale_orders_finalized_total`: orders confirmed by this worker.
-//! - `flashsale_orders_dead_lettered_total`: entries this worker moved to a dead-letter stream.
+//! - `flashsale_orders_dead_lettered_total{reason}`: entries this worker moved to a dead-letter
+//!   stream, by reason (a fixed set: `shared::dead_letter::REASONS`); `max_attempts` entries
+//!   are *parked*: their orders wait for an operator.
+//! - `flashsale_finalize_failures_total`: finalize attempts an entry made fail (counted
+//!   towards `MAX_DELIVERIES`; Redis faults are not among them).
+//! - `flashsale_events_purged_total`: events whose idempotency entries and user totals were
+//!   removed after their retention.
 //! - `flashsale_entries_skipped_total`: entries already finished elsewhere (redeliveries).
 //! - `flashsale_entries_claimed_total`: entries taken over from idle consumers.
 //! - `flashsale_finalize_lag_seconds`: reservation to confirmation.
 //! - `flashsale_stream_pending`, `flashsale_stream_backlog`: delivered-but-unacknowledged and
 //!   not-yet-delivered entries, over all events (group-wide: every worker reports the same).
 //! - `flashsale_event_stock`, `flashsale_event_remaining`, `flashsale_event_confirmed`
-//!   `{event}`: each event's units.
+//!   `{event}`: each event's units; `flashsale_event_dead_letters{event}`: its unresolved
+//!   dead letters.
 //! - `flashsale_worker_redis_errors_total`: failed Redis calls (retried).
 
 use std::collections::HashMap;
@@ -31,7 +38,9 @@ const LAG_BUCKETS: &[f64] =
 pub struct WorkerMetrics {
     registry: Metrics,
     pub finalized: Counter,
-    pub dead_lettered: Counter,
+    dead_lettered: HashMap<&'static str, Counter>,
+    pub finalize_failures: Counter,
+    pub purged: Counter,
     pub skipped: Counter,
     pub claimed: Counter,
     pub redis_errors: Counter,
@@ -47,6 +56,7 @@ pub struct EventGauges {
     pub stock: Gauge,
     pub remaining: Gauge,
     pub confirmed: Gauge,
+    pub dead_letters: Gauge,
 }
 
 impl WorkerMetrics {
@@ -58,9 +68,26 @@ impl WorkerMetrics {
                 "Orders confirmed by this worker.",
                 &[],
             ),
-            dead_lettered: registry.counter(
-                "flashsale_orders_dead_lettered_total",
-                "Stream entries moved to a dead-letter stream by this worker.",
+            dead_lettered: flashsale_shared::dead_letter::REASONS
+                .iter()
+                .map(|reason| {
+                    let counter = registry.counter(
+                        "flashsale_orders_dead_lettered_total",
+                        "Stream entries moved to a dead-letter stream by this worker, by reason \
+                         (max_attempts: parked, its order pending until an operator decides).",
+                        &[("reason", reason)],
+                    );
+                    (*reason, counter)
+                })
+                .collect(),
+            finalize_failures: registry.counter(
+                "flashsale_finalize_failures_total",
+                "Finalize attempts that failed because of the entry (counted towards MAX_DELIVERIES).",
+                &[],
+            ),
+            purged: registry.counter(
+                "flashsale_events_purged_total",
+                "Events whose idempotency entries and user totals were removed after retention.",
                 &[],
             ),
             skipped: registry.counter(
@@ -103,6 +130,15 @@ impl WorkerMetrics {
         }
     }
 
+    /// Counts a dead letter; a reason outside the fixed set (a newer script) counts as
+    /// `unparseable` rather than creating a series.
+    pub fn dead_lettered(&self, reason: &str) {
+        let counter = self.dead_lettered.get(reason).or_else(|| self.dead_lettered.get("unparseable"));
+        if let Some(counter) = counter {
+            counter.increment(1);
+        }
+    }
+
     /// The gauges of one event, registered the first time the event is seen.
     pub fn event(&self, event: &EventId) -> EventGauges {
         let mut map = self.per_event.lock().unwrap_or_else(|p| p.into_inner());
@@ -119,6 +155,11 @@ impl WorkerMetrics {
                     confirmed: self.registry.gauge(
                         "flashsale_event_confirmed",
                         "Units in orders finalized by the workers.",
+                        &labels,
+                    ),
+                    dead_letters: self.registry.gauge(
+                        "flashsale_event_dead_letters",
+                        "Unresolved dead letters (parked ones hold their orders' units).",
                         &labels,
                     ),
                 }

@@ -8,7 +8,9 @@ use axum::response::IntoResponse;
 use serde_json::{Value, json};
 
 use crate::AppState;
-use crate::error::ApiError;
+use flashsale_shared::connection;
+
+use crate::error::{ApiError, Unavailable};
 use crate::openapi::ServerProblems;
 
 /// Liveness: the process is up. Never touches Redis.
@@ -18,22 +20,38 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Ready when Redis answers within the deadline with every script cached; a Redis that
-/// restarted empty gets the scripts loaded here, so readiness heals without a restart.
+/// Ready when Redis answers within the deadline as a primary that accepts writes (a probe
+/// write: a full, read-only or misconfigured Redis refuses it), its eviction policy cannot
+/// evict a live event's keys, and every script is cached; a Redis that restarted empty gets
+/// the scripts loaded here, so readiness heals without a restart.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Ready", body = Object, example = json!({"status": "ready"})),
         ServerProblems,
     ))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    state
+    let info = state
         .redis(false, |mut conn| async move {
+            let info = connection::server_info(&mut conn).await?;
+            if info.is_primary() {
+                connection::probe_write(&mut conn).await?;
+            }
             if !flashsale_shared::scripts::all_loaded(&mut conn).await? {
                 flashsale_shared::scripts::load_all(&mut conn).await?;
             }
-            Ok(())
+            Ok(info)
         })
         .await?;
+    let primary = info.is_primary();
+    state.redis_status().record(info);
+    if !primary {
+        return Err(ApiError::Unavailable {
+            why: Unavailable::ReadOnly,
+            outcome_unknown: false,
+            cause: "Redis is a replica".into(),
+        });
+    }
+    state.may_sell().await?;
     Ok(Json(json!({"status": "ready"})))
 }
 

@@ -99,6 +99,7 @@ pub async fn create(
         state.metrics().sold_out_locally();
         return Err(ApiError::SoldOut);
     }
+    state.may_sell().await?;
     let keys = EventKeys::new(&event);
     let outcome = state
         .redis(true, |mut conn| async move {

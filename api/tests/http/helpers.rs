@@ -55,6 +55,7 @@ impl TestApp {
         config.consumer_name = Some("test-worker".into());
         config.discovery_interval_ms = 50;
         config.block_ms = 100;
+        config.trim_interval_ms = 100;
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         tokio::spawn(flashsale_worker::run(config, listener, self.stop.clone().cancelled_owned()));
     }

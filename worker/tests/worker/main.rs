@@ -130,12 +130,12 @@ async fn a_redelivered_entry_of_a_confirmed_order_is_a_no_op() {
 async fn finalizing_an_entry_twice_changes_nothing_the_second_time() {
     let redis = RedisServer::start();
     let mut conn = redis.conn().await;
-    let (id, keys) = create_event(&mut conn, "drop", 5).await;
+    let (_, keys) = create_event(&mut conn, "drop", 5).await;
     let order = buy(&mut conn, &keys, "alice").await;
     let delivered = deliver(&mut conn, &keys, "manual", 100).await;
     let entry = delivered[0].clone();
-    let first = stream::finalize(&mut conn, &id, &keys, std::slice::from_ref(&entry), 5).await.unwrap();
-    let second = stream::finalize(&mut conn, &id, &keys, std::slice::from_ref(&entry), 5).await.unwrap();
+    let first = stream::finalize(&mut conn, &keys, std::slice::from_ref(&entry), 5).await.unwrap();
+    let second = stream::finalize(&mut conn, &keys, std::slice::from_ref(&entry), 5).await.unwrap();
     assert_eq!(
         (first[0].outcome.clone(), second[0].outcome.clone()),
         (EntryOutcome::Confirmed, EntryOutcome::Skipped)
@@ -144,7 +144,7 @@ async fn finalizing_an_entry_twice_changes_nothing_the_second_time() {
     // A second entry naming the same (now confirmed) order is acknowledged without counting.
     enqueue_again(&mut conn, &keys, order).await;
     let again = deliver(&mut conn, &keys, "manual", 100).await;
-    let duplicate = stream::finalize(&mut conn, &id, &keys, &again[..1], 5).await.unwrap();
+    let duplicate = stream::finalize(&mut conn, &keys, &again[..1], 5).await.unwrap();
     assert_eq!(duplicate[0].outcome, EntryOutcome::Duplicate);
     let books = testkit::assert_books_balance(&redis.url(), "drop", true).await;
     assert_eq!((books.confirmed_counter, books.units_confirmed), (1, 1));
@@ -200,13 +200,13 @@ async fn a_restarted_worker_finishes_its_own_pending_entries_first() {
 async fn trimming_drops_acknowledged_history_and_keeps_anything_pending() {
     let redis = RedisServer::start();
     let mut conn = redis.conn().await;
-    let (id, keys) = create_event(&mut conn, "drop", 100).await;
+    let (_, keys) = create_event(&mut conn, "drop", 100).await;
     for i in 0..21 {
         buy(&mut conn, &keys, &format!("early-{i}")).await;
     }
     // A consumer that finished the first 20 entries and holds the 21st forever.
     let ids = deliver(&mut conn, &keys, "stuck", 21).await;
-    stream::finalize(&mut conn, &id, &keys, &ids[..20], 5).await.unwrap();
+    stream::finalize(&mut conn, &keys, &ids[..20], 5).await.unwrap();
     for i in 0..50 {
         buy(&mut conn, &keys, &format!("user-{i}")).await;
     }
@@ -242,11 +242,17 @@ async fn every_worker_series_exists_from_start_up() {
     let worker = start_worker(&redis, "w1", |_| {}).await;
     for name in [
         "flashsale_orders_finalized_total",
-        "flashsale_orders_dead_lettered_total",
+        "flashsale_finalize_failures_total",
+        "flashsale_events_purged_total",
         "flashsale_stream_pending",
         "flashsale_stream_backlog",
         "flashsale_finalize_lag_seconds_count",
     ] {
         assert_eq!(worker.metric(name).await, 0.0, "{name}");
+    }
+    let text = reqwest::get(&worker.metrics).await.unwrap().text().await.unwrap();
+    for reason in flashsale_shared::dead_letter::REASONS {
+        let value = metric_value(&text, "flashsale_orders_dead_lettered_total", &[("reason", reason)]);
+        assert_eq!(value, Some(0.0), "dead letters with reason {reason}");
     }
 }
