@@ -9,3 +9,4 @@ mod common;
 mod faults;
 mod hardening;
 mod sale;
+mod slowlog;
