@@ -61,7 +61,9 @@ impl RedisStatus {
         let _ = self.state.compare_exchange(SAFE, UNKNOWN, Ordering::AcqRel, Ordering::Relaxed);
     }
 
-    /// `Ok` when selling is safe; reads `INFO` first if nothing is known.
+    /// `Ok` when selling is safe; reads `INFO` first if nothing is known. Requests that find
+    /// the state unknown each read it, in parallel (a lock would queue them behind a slow
+    /// Redis one deadline after another); that happens once per failure, and `INFO` is cheap.
     pub async fn check(&self, redis: &Redis, deadline: Duration) -> Result<(), ApiError> {
         if self.state.load(Ordering::Acquire) == UNKNOWN {
             let mut conn = redis.get();
@@ -71,6 +73,10 @@ impl RedisStatus {
                 Err(_) => return Err(ApiError::timeout(false)),
             }
         }
+        self.verdict()
+    }
+
+    fn verdict(&self) -> Result<(), ApiError> {
         match self.state.load(Ordering::Acquire) {
             UNSAFE => Err(ApiError::Unavailable {
                 why: Unavailable::EvictionPolicy(self.last.load().maxmemory_policy.clone()),

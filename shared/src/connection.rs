@@ -8,7 +8,8 @@
 //! resolving the host again, so a `REDIS_URL` that follows the primary reaches the new one.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -25,7 +26,14 @@ struct Inner {
     client: Client,
     config: ConnectionManagerConfig,
     current: ArcSwap<ConnectionManager>,
+    /// When the connection was last replaced (ms since `epoch`), so that a burst of READONLY
+    /// answers (every request in flight gets one) replaces it once, not once per request.
+    replaced_ms: AtomicU64,
+    epoch: Instant,
 }
+
+/// At most one replacement of the connection per this interval.
+const MIN_RECONNECT_INTERVAL: Duration = Duration::from_millis(500);
 
 impl std::fmt::Debug for Redis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -44,7 +52,14 @@ impl Redis {
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(500));
         let manager = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
-        Ok(Self { inner: Arc::new(Inner { client, config, current: ArcSwap::from_pointee(manager) }) })
+        let inner = Inner {
+            client,
+            config,
+            current: ArcSwap::from_pointee(manager),
+            replaced_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        };
+        Ok(Self { inner: Arc::new(inner) })
     }
 
     /// The shared connection (a clone is a reference-count increment).
@@ -57,9 +72,20 @@ impl Redis {
         &self.inner.client
     }
 
-    /// Replaces the shared connection with a new one. Calls in flight on the old one finish
-    /// there; every later call goes to the new one.
+    /// Replaces the shared connection with a new one (at most every 500 ms). Calls in flight on
+    /// the old one finish there; every later call goes to the new one.
     pub fn reconnect(&self) {
+        let now = self.inner.epoch.elapsed().as_millis() as u64 + MIN_RECONNECT_INTERVAL.as_millis() as u64;
+        let last = self.inner.replaced_ms.load(Ordering::Acquire);
+        if now.saturating_sub(last) < MIN_RECONNECT_INTERVAL.as_millis() as u64
+            || self
+                .inner
+                .replaced_ms
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
         match ConnectionManager::new_lazy_with_config(self.inner.client.clone(), self.inner.config.clone()) {
             Ok(manager) => {
                 self.inner.current.store(Arc::new(manager));

@@ -74,6 +74,7 @@ async fn a_300k_order_sale_its_sold_out_phase_and_its_check_never_block_redis_fo
     .await;
     assert!(status.success(), "check: {out}");
 
-    let slow: Vec<redis::Value> = redis::cmd("SLOWLOG").arg("GET").arg(20).query_async(&mut conn).await.unwrap();
+    let slow: Vec<redis::Value> =
+        redis::cmd("SLOWLOG").arg("GET").arg(20).query_async(&mut conn).await.unwrap();
     assert!(slow.is_empty(), "Redis logged slow commands: {slow:?}");
 }
