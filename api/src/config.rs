@@ -6,6 +6,16 @@ use std::time::Duration;
 
 use flashsale_shared::config::{LogArgs, RedisArgs};
 
+/// Default of `HEADER_READ_TIMEOUT_MS`: ten seconds for a request head (a few hundred bytes)
+/// is generous for any real client and bounds a slow-header attack.
+pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+/// Default of `IDLE_TIMEOUT_MS`: one minute, longer than the keep-alive of common proxies and
+/// load balancers (nginx upstream keepalive 60 s, AWS ALB 60 s) so that they close first.
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
+/// Default of `MAX_CONNECTIONS`: far above what a sale needs behind a load balancer, low enough
+/// that the process never runs out of file descriptors (raise `ulimit -n` above it).
+pub const DEFAULT_MAX_CONNECTIONS: u64 = 10_000;
+
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "flashsale-api", version, about = "flashsale HTTP gateway")]
 pub struct Config {
@@ -38,6 +48,24 @@ pub struct Config {
     #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
     pub shutdown_timeout_ms: u64,
 
+    /// Longest time from the first byte of a request head to its end; past it the connection
+    /// is closed without an answer. 100 to 120000 ms.
+    #[arg(long, env = "HEADER_READ_TIMEOUT_MS", default_value_t = DEFAULT_HEADER_READ_TIMEOUT_MS,
+          value_parser = clap::value_parser!(u64).range(100..=120_000))]
+    pub header_read_timeout_ms: u64,
+
+    /// A keep-alive connection with no request in flight and no byte received for this long is
+    /// closed. 1000 to 3600000 ms.
+    #[arg(long, env = "IDLE_TIMEOUT_MS", default_value_t = DEFAULT_IDLE_TIMEOUT_MS,
+          value_parser = clap::value_parser!(u64).range(1_000..=3_600_000))]
+    pub idle_timeout_ms: u64,
+
+    /// Most connections served at once; further ones wait in the kernel's accept backlog
+    /// until one closes. 1 to 1000000.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: u64,
+
     /// How long after an event's `ends_at` its idempotency entries and per-user totals are
     /// kept (replays keep working until then), in seconds.
     #[arg(long, env = "IDEMPOTENCY_RETENTION_SECS", default_value_t = 86_400)]
@@ -64,6 +92,9 @@ impl Config {
             worker_threads: None,
             request_timeout_ms: 3000,
             shutdown_timeout_ms: 10_000,
+            header_read_timeout_ms: DEFAULT_HEADER_READ_TIMEOUT_MS,
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             idempotency_retention_secs: 86_400,
             sold_out_cache: true,
             sold_out_refresh_ms: 25,

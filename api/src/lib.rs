@@ -7,6 +7,8 @@
 //! # Layout
 //! - [`run`] serves a bound listener until a shutdown future resolves (tests bind
 //!   `127.0.0.1:0`); [`router`] lists every route.
+//! - [`serve`]: the accept loop, HTTP/1.1 with bounded connections (count, header-read
+//!   timeout, idle timeout) and the graceful drain.
 //! - `routes/`: one module per resource (events, purchases, orders, health).
 //! - [`error`]: the one error type and the error policy; every error is a problem document.
 //! - [`extract`], [`auth`]: extractors that reject with problems; admin deny-by-default.
@@ -20,6 +22,7 @@ pub mod metrics;
 pub mod observe;
 pub mod openapi;
 pub mod routes;
+pub mod serve;
 pub mod sold_out;
 
 use std::future::Future;
@@ -152,7 +155,8 @@ fn api_routes() -> OpenApiRouter<AppState> {
 }
 
 /// Serves the gateway on `listener` until `shutdown` resolves, then stops accepting, lets
-/// in-flight requests finish for up to `SHUTDOWN_TIMEOUT_MS`, and returns.
+/// in-flight requests finish for up to `SHUTDOWN_TIMEOUT_MS`, and returns. Connections are
+/// bounded by [`serve`]: their number, their header-read time and their idle time.
 pub async fn run(
     listener: TcpListener,
     config: Config,
@@ -175,29 +179,10 @@ pub async fn run(
     let client = config.redis.client().map_err(std::io::Error::other)?;
     tokio::spawn(state.sold_out().clone().listen_loop(client, background.clone()));
 
-    let draining = CancellationToken::new();
-    let drain_started = draining.clone();
-    // Responses are small and written whole: never let Nagle hold one back.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY");
-        }
-    });
-    let serve = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
-        shutdown.await;
-        drain_started.cancel();
-    });
-    let drain_limit = config.shutdown_timeout();
-    let result = tokio::select! {
-        result = serve => result,
-        () = async { draining.cancelled().await; tokio::time::sleep(drain_limit).await } => {
-            tracing::warn!(?drain_limit, "requests still in flight at the drain deadline; exiting anyway");
-            Ok(())
-        }
-    };
+    serve::serve(listener, router(state), serve::Limits::new(&config), shutdown).await;
     background.cancel();
     tracing::info!("flashsale-api stopped");
-    result
+    Ok(())
 }
 
 /// Loads every script once Redis is reachable, so the first purchase needs one round trip.

@@ -1,0 +1,128 @@
+//! The edge against slow and hostile clients: header-read and idle timeouts, the connection
+//! cap. Raw sockets where the test is about the connection itself.
+
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::{TestApp, spawn_app_with};
+
+const GET_HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nhost: flashsale\r\n\r\n";
+
+/// What a raw connection gave back within a deadline.
+#[derive(Debug, PartialEq, Eq)]
+enum Answer {
+    /// A whole response (head and `content-length` body), as text.
+    Response(String),
+    /// The server closed the connection (EOF or reset) before a whole response.
+    Closed,
+    /// Nothing at all before the deadline.
+    Silent,
+}
+
+impl Answer {
+    #[track_caller]
+    fn status(&self) -> u16 {
+        match self {
+            Answer::Response(text) => text[9..12].parse().expect("a status code"),
+            other => panic!("expected a response, got {other:?}"),
+        }
+    }
+}
+
+async fn connect(app: &TestApp) -> TcpStream {
+    TcpStream::connect(app.api.base.trim_start_matches("http://")).await.expect("connect")
+}
+
+/// Reads one response from `stream` within `within`.
+async fn read_answer(stream: &mut (impl AsyncRead + Unpin), within: Duration) -> Answer {
+    let mut received = Vec::new();
+    let read = async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return Answer::Closed,
+                Ok(n) => received.extend_from_slice(&chunk[..n]),
+            }
+            let text = String::from_utf8_lossy(&received);
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length = text[..end]
+                    .lines()
+                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(str::to_owned))
+                    .map_or(0, |v| v.trim().parse::<usize>().expect("content-length"));
+                if received.len() >= end + 4 + length {
+                    return Answer::Response(text.into_owned());
+                }
+            }
+        }
+    };
+    tokio::time::timeout(within, read).await.unwrap_or(Answer::Silent)
+}
+
+#[tokio::test]
+async fn a_trickled_header_is_cut_off_at_the_header_read_timeout() {
+    let app = spawn_app_with(|c| c.header_read_timeout_ms = 1000).await;
+    let (mut reader, mut writer) = connect(&app).await.into_split();
+    let started = Instant::now();
+    // One byte every 200 ms, and the head never ends.
+    let trickle = tokio::spawn(async move {
+        let head = b"GET /healthz HTTP/1.1\r\nhost: flashsale\r\nx-slow: ".iter();
+        for byte in head.chain(std::iter::repeat(&b'a')) {
+            if writer.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let answer = read_answer(&mut reader, Duration::from_secs(3)).await;
+    trickle.abort();
+    assert_eq!(answer, Answer::Closed, "after {:?}", started.elapsed());
+
+    // A complete request on a fresh connection is still served.
+    assert_eq!(app.api.send(Method::GET, "/healthz", &[], None).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout_not_the_header_timeout() {
+    let app = spawn_app_with(|c| {
+        c.header_read_timeout_ms = 500;
+        c.idle_timeout_ms = 1500;
+    })
+    .await;
+    let mut tcp = connect(&app).await;
+    tcp.write_all(GET_HEALTHZ).await.unwrap();
+    assert_eq!(read_answer(&mut tcp, Duration::from_secs(2)).await.status(), 200);
+
+    // Idle for twice the header timeout: still open, the next request is served.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    tcp.write_all(GET_HEALTHZ).await.unwrap();
+    assert_eq!(read_answer(&mut tcp, Duration::from_secs(2)).await.status(), 200);
+
+    // Idle past the idle timeout: closed by the server.
+    let idle_since = Instant::now();
+    assert_eq!(read_answer(&mut tcp, Duration::from_millis(4000)).await, Answer::Closed);
+    assert!(idle_since.elapsed() >= Duration::from_millis(1000), "closed after {:?}", idle_since.elapsed());
+}
+
+#[tokio::test]
+async fn connections_past_max_connections_wait_until_one_closes() {
+    let app = spawn_app_with(|c| c.max_connections = 2).await;
+    let mut first = connect(&app).await;
+    let mut second = connect(&app).await;
+    for tcp in [&mut first, &mut second] {
+        tcp.write_all(GET_HEALTHZ).await.unwrap();
+        assert_eq!(read_answer(tcp, Duration::from_secs(2)).await.status(), 200);
+    }
+
+    // The kernel completes the handshake, but the gateway does not accept the third yet.
+    let mut third = connect(&app).await;
+    third.write_all(GET_HEALTHZ).await.unwrap();
+    assert_eq!(read_answer(&mut third, Duration::from_millis(500)).await, Answer::Silent);
+
+    drop(first);
+    assert_eq!(read_answer(&mut third, Duration::from_secs(5)).await.status(), 200);
+    second.write_all(GET_HEALTHZ).await.unwrap();
+    assert_eq!(read_answer(&mut second, Duration::from_secs(2)).await.status(), 200);
+}
