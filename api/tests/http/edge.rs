@@ -1,5 +1,5 @@
 //! The edge against slow and hostile clients: header-read and idle timeouts, the connection
-//! cap. Raw sockets where the test is about the connection itself.
+//! cap, bounded metric labels. Raw sockets where the test is about the connection itself.
 
 use std::time::{Duration, Instant};
 
@@ -7,7 +7,7 @@ use reqwest::{Method, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{TestApp, spawn_app_with};
+use crate::helpers::{TestApp, spawn_app, spawn_app_with};
 
 const GET_HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nhost: flashsale\r\n\r\n";
 
@@ -125,4 +125,27 @@ async fn connections_past_max_connections_wait_until_one_closes() {
     assert_eq!(read_answer(&mut third, Duration::from_secs(5)).await.status(), 200);
     second.write_all(GET_HEALTHZ).await.unwrap();
     assert_eq!(read_answer(&mut second, Duration::from_secs(2)).await.status(), 200);
+}
+
+#[tokio::test]
+async fn invented_methods_share_one_metric_label() {
+    let app = spawn_app().await;
+    let invented = |i: usize| Method::from_bytes(format!("FOO{i}").as_bytes()).unwrap();
+    // The first of them and the first scrape register their series.
+    app.api.send(invented(0), "/healthz", &[], None).await;
+    app.api.send(invented(0), "/no-such-route", &[], None).await;
+    app.api.metrics().await;
+    let before = app.api.metrics().await;
+
+    for i in 1..200 {
+        let path = if i % 2 == 0 { "/healthz" } else { "/no-such-route" };
+        app.api.send(invented(i), path, &[], None).await;
+    }
+    let after = app.api.metrics().await;
+    assert!(!after.contains("FOO"), "a raw method became a label:\n{after}");
+    // Routes are templates or `unmatched`, never the raw path.
+    assert!(after.contains(r#"method="other",route="/healthz""#), "{after}");
+    assert!(after.contains(r#"method="other",route="unmatched""#), "{after}");
+    assert!(!after.contains("no-such-route"), "{after}");
+    assert_eq!(after.lines().count(), before.lines().count(), "new series:\n{after}");
 }
