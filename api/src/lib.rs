@@ -124,18 +124,25 @@ impl AppState {
     }
 }
 
-/// Every route, with the middleware stack (outermost first): `observe` (request id, debug
-/// span, metrics, problem documents for every error, request timeout), then the body limit.
-/// The OpenAPI document is generated from the same list of handlers and served at
-/// `/openapi.json`.
+/// Every route, behind the gateway's middleware (see [`observed`]). The OpenAPI document is
+/// generated from the same list of handlers and served at `/openapi.json`.
 pub fn router(state: AppState) -> Router {
     let (routes, openapi) = api_routes().split_for_parts();
     let document = openapi.to_pretty_json().unwrap_or_default();
+    let routes = routes.route(
+        "/openapi.json",
+        get(move || async move { ([(header::CONTENT_TYPE, "application/json")], document) }),
+    );
+    observed(routes, state)
+}
+
+/// `routes` with the middleware stack every request goes through (outermost first):
+/// `observe` (request id, debug span, metrics, problem documents for every error and for a
+/// panic, request timeout), then the body limit, and the problem-document fallback for
+/// unknown routes. Public so that tests can put a route of their own (one that panics, say)
+/// behind exactly the production stack.
+pub fn observed(routes: Router<AppState>, state: AppState) -> Router {
     routes
-        .route(
-            "/openapi.json",
-            get(move || async move { ([(header::CONTENT_TYPE, "application/json")], document) }),
-        )
         .fallback(|| async { ApiError::RouteNotFound })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe::every_request))

@@ -1,11 +1,15 @@
 //! The edge against slow and hostile clients: header-read and idle timeouts, the connection
-//! cap, bounded metric labels. Raw sockets where the test is about the connection itself.
+//! cap, bounded metric labels, a panicking handler. Raw sockets where the test is about the
+//! connection itself.
 
 use std::time::{Duration, Instant};
 
+use axum::routing::get;
+use flashsale_shared::config::RedisArgs;
 use reqwest::{Method, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{TestApp, spawn_app, spawn_app_with};
 
@@ -148,4 +152,39 @@ async fn invented_methods_share_one_metric_label() {
     assert!(after.contains(r#"method="other",route="unmatched""#), "{after}");
     assert!(!after.contains("no-such-route"), "{after}");
     assert_eq!(after.lines().count(), before.lines().count(), "new series:\n{after}");
+}
+
+#[tokio::test]
+async fn a_panicking_handler_is_a_500_problem_and_the_connection_keeps_serving() {
+    async fn bug() -> &'static str {
+        panic!("a bug in a handler")
+    }
+    crate::helpers::init_logs();
+    // Redis is never reached by these routes (the connection is lazy).
+    let config = flashsale_api::Config::new(RedisArgs::new("redis://127.0.0.1:1").unwrap());
+    let state = flashsale_api::AppState::new(&config).unwrap();
+    let routes = axum::Router::new().route("/bug", get(bug)).route("/ok", get(|| async { "ok" }));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let limits = flashsale_api::serve::Limits::new(&config);
+    let app = flashsale_api::observed(routes, state);
+    tokio::spawn(flashsale_api::serve::serve(listener, app, limits, stop.clone().cancelled_owned()));
+    let _stop = stop.drop_guard();
+
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET /bug HTTP/1.1\r\nhost: flashsale\r\nx-request-id: bug-1\r\n\r\n").await.unwrap();
+    let answer = read_answer(&mut tcp, Duration::from_secs(2)).await;
+    assert_eq!(answer.status(), 500, "{answer:?}");
+    let Answer::Response(text) = answer else { unreachable!() };
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("\r\ncontent-type: application/problem+json\r\n"), "{text}");
+    assert!(head.contains("\r\nx-request-id: bug-1\r\n"), "{text}");
+    let problem: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!((problem["code"].as_str(), problem["status"].as_u64()), (Some("internal"), Some(500)));
+
+    // The same connection goes on serving.
+    tcp.write_all(b"GET /ok HTTP/1.1\r\nhost: flashsale\r\n\r\n").await.unwrap();
+    assert_eq!(read_answer(&mut tcp, Duration::from_secs(2)).await.status(), 200);
 }
