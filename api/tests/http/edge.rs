@@ -1,12 +1,14 @@
 //! The edge against slow and hostile clients: header-read and idle timeouts, the connection
-//! cap, bounded metric labels, a panicking handler. Raw sockets where the test is about the
-//! connection itself.
+//! cap, bounded metric labels, a panicking handler, the `Authorization` scheme. Raw sockets
+//! where the test is about the connection itself.
 
 use std::time::{Duration, Instant};
 
 use axum::routing::get;
 use flashsale_shared::config::RedisArgs;
 use reqwest::{Method, StatusCode};
+use serde_json::json;
+use testkit::ADMIN_TOKEN;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -187,4 +189,22 @@ async fn a_panicking_handler_is_a_500_problem_and_the_connection_keeps_serving()
     // The same connection goes on serving.
     tcp.write_all(b"GET /ok HTTP/1.1\r\nhost: flashsale\r\n\r\n").await.unwrap();
     assert_eq!(read_answer(&mut tcp, Duration::from_secs(2)).await.status(), 200);
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let app = spawn_app().await;
+    let put = |auth: String| {
+        let app = &app;
+        async move {
+            app.api
+                .send(Method::PUT, "/v1/events/drop", &[("authorization", &auth)], Some(&json!({"stock": 5})))
+                .await
+        }
+    };
+    assert_eq!(put(format!("bearer {ADMIN_TOKEN}")).await.status, StatusCode::CREATED);
+    assert_eq!(put(format!("BEARER   {ADMIN_TOKEN}")).await.status, StatusCode::OK);
+    put("bearer wrong-token-0123456789".into()).await.assert_problem(401, "unauthorized");
+    put(format!("Basic {ADMIN_TOKEN}")).await.assert_problem(401, "unauthorized");
+    put(format!("bearer{ADMIN_TOKEN}")).await.assert_problem(401, "unauthorized");
 }
