@@ -1,6 +1,6 @@
 //! The edge against slow and hostile clients: header-read and idle timeouts, the connection
-//! cap, bounded metric labels, a panicking handler, the `Authorization` scheme. Raw sockets
-//! where the test is about the connection itself.
+//! cap, bounded metric labels, a panicking handler, the `Authorization` scheme, times out of
+//! range. Raw sockets where the test is about the connection itself.
 
 use std::time::{Duration, Instant};
 
@@ -207,4 +207,26 @@ async fn the_bearer_scheme_is_case_insensitive() {
     put("bearer wrong-token-0123456789".into()).await.assert_problem(401, "unauthorized");
     put(format!("Basic {ADMIN_TOKEN}")).await.assert_problem(401, "unauthorized");
     put(format!("bearer{ADMIN_TOKEN}")).await.assert_problem(401, "unauthorized");
+}
+
+#[tokio::test]
+async fn times_outside_years_1970_to_9999_are_invalid_fields() {
+    let app = spawn_app().await;
+    for (field, value) in [
+        ("starts_at", "0000-01-01T00:00:00Z"),
+        ("starts_at", "1969-12-31T23:59:59Z"),
+        ("ends_at", "9999-12-31T23:00:00-05:00"),
+    ] {
+        let reply = app.api.put_event("when", json!({"stock": 1, field: value})).await;
+        reply.assert_problem(422, "invalid_fields");
+        assert_eq!(reply.body["invalid_params"][0]["name"], field, "{value}: {reply:?}");
+        app.api.get_event("when").await.assert_problem(404, "event_not_found");
+    }
+
+    // The edges themselves are fine, and readable afterwards.
+    let edges = json!({"stock": 1, "starts_at": "1970-01-01T00:00:00Z", "ends_at": "9999-12-31T23:59:59Z"});
+    assert_eq!(app.api.put_event("when", edges).await.status, StatusCode::CREATED);
+    let event = app.api.get_event("when").await;
+    assert_eq!(event.status, StatusCode::OK, "{event:?}");
+    assert_eq!(event.body["ends_at"], "9999-12-31T23:59:59Z");
 }
