@@ -9,8 +9,10 @@ use flashsale_shared::config::{LogArgs, RedisArgs};
 /// Default of `HEADER_READ_TIMEOUT_MS`: ten seconds for a request head (a few hundred bytes)
 /// is generous for any real client and bounds a slow-header attack.
 pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
-/// Default of `IDLE_TIMEOUT_MS`: one minute, longer than the keep-alive of common proxies and
-/// load balancers (nginx upstream keepalive 60 s, AWS ALB 60 s) so that they close first.
+/// Default of `IDLE_TIMEOUT_MS`: one minute. Behind a proxy, keep it above the proxy's own
+/// keep-alive timeout (nginx's upstream `keepalive_timeout` and an AWS ALB's idle timeout are
+/// both 60 s by default) so that the proxy closes first: a connection the gateway closes just
+/// as the proxy reuses it fails that request, and a proxy does not retry a POST.
 pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
 /// Default of `MAX_CONNECTIONS`: far above what a sale needs behind a load balancer, low enough
 /// that the process never runs out of file descriptors (raise `ulimit -n` above it).
