@@ -12,7 +12,7 @@
 //! - header-read timeout: from the first byte of a request head to the complete head;
 //! - idle timeout: no request in flight and no byte received for this long.
 //!
-//! Two thin wrappers report what happens ([`Watched`] the bytes that arrive, [`Tracked`] the
+//! Two thin wrappers report what happens (`Watched` the bytes that arrive, `Tracked` the
 //! requests in flight) and one per-connection watchdog, polled in the connection's own task
 //! right after hyper, turns that into deadlines and sleeps until the earliest one (no periodic
 //! tick). A request in flight has no deadline here; the request timeout of `observe` bounds it.
