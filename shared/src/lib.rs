@@ -12,6 +12,7 @@
 //! - [`scripts`]: the Lua scripts of `lua/`, loaded with `include_str!`.
 //! - [`event`], [`purchase`], [`order`], [`stream`]: one module per step a purchase goes
 //!   through, each wrapping its script with typed arguments and outcomes.
+//! - [`sold_out`]: the chunked reads behind the gateway's local sold-out flags.
 //! - [`audit`]: the books-balance invariant, used by tests and by `flashsale-worker check`.
 //! - [`config`], [`telemetry`], [`shutdown`]: the process plumbing both binaries share.
 
@@ -24,6 +25,7 @@ pub mod order;
 pub mod purchase;
 pub mod scripts;
 pub mod shutdown;
+pub mod sold_out;
 pub mod stream;
 pub mod telemetry;
 
