@@ -69,17 +69,16 @@ struct Inner {
 
 impl AppState {
     pub fn new(config: &Config) -> RedisResult<Self> {
+        let redis = config.redis.connection_manager()?;
+        let sold_out = Arc::new(SoldOutBoard::new(config, redis.clone())?);
         Ok(Self(Arc::new(Inner {
-            redis: config.redis.connection_manager()?,
+            redis,
             redis_timeout: config.redis.timeout(),
             request_timeout: config.request_timeout(),
             admin_token: config.admin_token.clone(),
             idempotency_retention: config.idempotency_retention(),
             metrics: Arc::new(ApiMetrics::new()),
-            sold_out: Arc::new(SoldOutBoard::new(
-                config.sold_out_cache,
-                Duration::from_millis(config.sold_out_refresh_ms),
-            )),
+            sold_out,
         })))
     }
 
@@ -105,7 +104,7 @@ impl AppState {
 
     /// Tells the sold-out board what a script answer revealed about an event's stock.
     pub fn observe_remaining(&self, event: &flashsale_shared::EventId, remaining: u64) {
-        self.0.sold_out.observe(&self.0.redis, event, remaining);
+        self.0.sold_out.observe(event, remaining);
     }
 
     /// Runs one Redis operation on the shared connection under the Redis deadline, mapping
@@ -182,9 +181,7 @@ pub async fn run(
     let background = CancellationToken::new();
     tokio::spawn(warm_up_scripts(state.clone(), background.clone()));
     tokio::spawn(metrics_upkeep(state.clone(), background.clone()));
-    tokio::spawn(state.sold_out().clone().refresh_loop(state.0.redis.clone(), background.clone()));
-    let client = config.redis.client().map_err(std::io::Error::other)?;
-    tokio::spawn(state.sold_out().clone().listen_loop(client, background.clone()));
+    tokio::spawn(state.sold_out().clone().run(background.clone()));
 
     serve::serve(listener, router(state), serve::Limits::new(&config), shutdown).await;
     background.cancel();
