@@ -216,9 +216,12 @@ impl SoldOutBoard {
 
     /// Units came back to `event` (or may have): drop its flag or verdict.
     pub fn clear(&self, event: &str) {
-        let Some(entry) = self.entries.load().get(event).map(|e| matches!(e, Entry::Flag(_))) else { return };
+        // The common case (a purchase accepted, nothing held) is one lock-free lookup.
+        let Some(was_flag) = self.entries.load().get(event).map(|e| matches!(e, Entry::Flag(_))) else {
+            return;
+        };
         self.remove_if(event, |_| true);
-        if entry {
+        if was_flag {
             tracing::info!(%event, "sold-out flag dropped");
         }
     }
