@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help deps build release test lint demo up bench k6-smoke check-ops schemathesis ci clean
+.PHONY: help deps build release test lint demo up bench slowlog k6-smoke check-ops schemathesis ci clean
 
 help: ## list targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -32,6 +32,10 @@ up: deps release ## run the stack in the foreground (Ctrl-C stops it)
 
 bench: deps release ## the benchmark of docs/benchmarks.md (several minutes)
 	@bash bench/run.sh
+
+slowlog: deps ## timed: Redis's slow log (10 ms) through a 300,000-order sale, its sold-out phase and a check
+	$(CARGO) build --release --workspace --bins
+	$(CARGO) test --release -p testkit --test system slowlog -- --ignored --test-threads 1 --nocapture
 
 k6-smoke: deps release ## run every k6 scenario briefly against a private stack
 	@scripts/k6-smoke.sh

@@ -3,6 +3,8 @@
 //! Admin routes take the [`Admin`] extractor. It accepts only `Authorization: Bearer <token>`
 //! matching `ADMIN_TOKEN`, compared in constant time; with no token configured every admin
 //! request is refused (and start-up logs a warning), so a forgotten setting never opens them.
+//! The scheme is case-insensitive (RFC 7235 section 2.1: `bearer`, `BEARER`), and one or more
+//! spaces separate it from the token.
 
 use axum::extract::FromRequestParts;
 use axum::http::header;
@@ -24,8 +26,32 @@ impl FromRequestParts<AppState> for Admin {
         let presented = parts
             .headers
             .get(header::AUTHORIZATION)
-            .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "))
+            .and_then(|value| bearer_token(value.as_bytes()))
             .ok_or(ApiError::Unauthorized)?;
         if bool::from(presented.ct_eq(expected.as_bytes())) { Ok(Admin) } else { Err(ApiError::Unauthorized) }
+    }
+}
+
+/// The token of `Bearer <token>`, whatever the scheme's case, after the spaces that follow it.
+fn bearer_token(credentials: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = credentials.split_at_checked(b"Bearer".len())?;
+    if !scheme.eq_ignore_ascii_case(b"Bearer") || rest.first() != Some(&b' ') {
+        return None;
+    }
+    Some(rest.trim_ascii_start())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_scheme_is_case_insensitive_and_spaces_before_the_token_are_skipped() {
+        for credentials in ["Bearer abc", "bearer abc", "BEARER abc", "bEaReR   abc"] {
+            assert_eq!(bearer_token(credentials.as_bytes()), Some(&b"abc"[..]), "{credentials}");
+        }
+        for credentials in ["Bearerabc", "Basic abc", "Bear abc", "", "Bearer"] {
+            assert_eq!(bearer_token(credentials.as_bytes()), None, "{credentials}");
+        }
     }
 }

@@ -18,6 +18,21 @@ pub const DEFAULT_SOLD_OUT_REFRESH_MS: u64 = 25;
 /// Longest `IDEMPOTENCY_RETENTION_SECS`: ten years. Longer is not a retention any more, and
 /// the bound keeps `ends_at + retention` far inside the range of a Unix millisecond.
 pub const MAX_IDEMPOTENCY_RETENTION_SECS: u64 = 315_360_000;
+/// Default of `HEADER_READ_TIMEOUT_MS`: ten seconds for a request head (a few hundred bytes)
+/// is generous for any real client and bounds a slow-header attack.
+pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+/// Default of `IDLE_TIMEOUT_MS`: one minute. Behind a proxy, keep it above the proxy's own
+/// keep-alive timeout (nginx's upstream `keepalive_timeout` and an AWS ALB's idle timeout are
+/// both 60 s by default) so that the proxy closes first: a connection the gateway closes just
+/// as the proxy reuses it fails that request, and a proxy does not retry a POST.
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
+/// Default of `MAX_CONNECTIONS`: far above what a sale needs behind a load balancer, low enough
+/// that the process never runs out of file descriptors (raise `ulimit -n` above it).
+pub const DEFAULT_MAX_CONNECTIONS: u64 = 10_000;
+/// Default of `SOLD_OUT_MAX_SCOPES`: a local copy of 200,000 idempotency scopes takes ~15 MB
+/// and ~200 `HSCAN` calls of ~1.4 ms of Redis time each (0.3-0.8 s in all, measured on a
+/// loaded 2-core machine); for larger events the round trips saved are not worth it.
+pub const DEFAULT_SOLD_OUT_MAX_SCOPES: u64 = 200_000;
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "flashsale-api", version, about = "flashsale HTTP gateway")]
@@ -62,6 +77,24 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub shutdown_timeout_ms: u64,
 
+    /// Longest time from the first byte of a request head to its end; past it the connection
+    /// is closed without an answer. 100 to 120000 ms.
+    #[arg(long, env = "HEADER_READ_TIMEOUT_MS", default_value_t = DEFAULT_HEADER_READ_TIMEOUT_MS,
+          value_parser = clap::value_parser!(u64).range(100..=120_000))]
+    pub header_read_timeout_ms: u64,
+
+    /// A keep-alive connection with no request in flight and no byte received for this long is
+    /// closed. 1000 to 3600000 ms.
+    #[arg(long, env = "IDLE_TIMEOUT_MS", default_value_t = DEFAULT_IDLE_TIMEOUT_MS,
+          value_parser = clap::value_parser!(u64).range(1_000..=3_600_000))]
+    pub idle_timeout_ms: u64,
+
+    /// Most connections served at once; further ones wait in the kernel's accept backlog
+    /// until one closes. 1 to 1000000.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: u64,
+
     /// How long after an event's `ends_at` its idempotency entries and per-user totals are
     /// kept (replays keep working until then; then a worker removes them), in seconds,
     /// 0-315360000 (ten years).
@@ -69,7 +102,7 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(0..=MAX_IDEMPOTENCY_RETENTION_SECS))]
     pub idempotency_retention_secs: u64,
 
-    /// Answer `sold_out` from a local flag once an event is sold out (see `sold_out.rs`).
+    /// Answer `sold_out` from a local flag once an event is sold out (see `sold_out/`).
     #[arg(long, env = "SOLD_OUT_CACHE", default_value_t = DEFAULT_SOLD_OUT_CACHE, action = clap::ArgAction::Set)]
     pub sold_out_cache: bool,
 
@@ -77,6 +110,12 @@ pub struct Config {
     #[arg(long, env = "SOLD_OUT_REFRESH_MS", default_value_t = DEFAULT_SOLD_OUT_REFRESH_MS,
           value_parser = clap::value_parser!(u64).range(5..=1_000))]
     pub sold_out_refresh_ms: u64,
+
+    /// Events with more idempotency scopes (orders accepted) than this get no local sold-out
+    /// flag: their sold-out answers come from the script. 1 to 2000000.
+    #[arg(long, env = "SOLD_OUT_MAX_SCOPES", default_value_t = DEFAULT_SOLD_OUT_MAX_SCOPES,
+          value_parser = clap::value_parser!(u64).range(1..=2_000_000))]
+    pub sold_out_max_scopes: u64,
 }
 
 impl Config {
@@ -91,9 +130,13 @@ impl Config {
             request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
             body_timeout_ms: DEFAULT_BODY_TIMEOUT_MS,
             shutdown_timeout_ms: DEFAULT_SHUTDOWN_TIMEOUT_MS,
+            header_read_timeout_ms: DEFAULT_HEADER_READ_TIMEOUT_MS,
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             idempotency_retention_secs: DEFAULT_IDEMPOTENCY_RETENTION_SECS,
             sold_out_cache: DEFAULT_SOLD_OUT_CACHE,
             sold_out_refresh_ms: DEFAULT_SOLD_OUT_REFRESH_MS,
+            sold_out_max_scopes: DEFAULT_SOLD_OUT_MAX_SCOPES,
         }
     }
 

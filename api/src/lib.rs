@@ -7,6 +7,8 @@
 //! # Layout
 //! - [`run`] serves a bound listener until a shutdown future resolves (tests bind
 //!   `127.0.0.1:0`); [`router`] lists every route.
+//! - [`serve`]: the accept loop, HTTP/1.1 with bounded connections (count, header-read
+//!   timeout, idle timeout) and the graceful drain.
 //! - `routes/`: one module per resource (events, purchases, orders, health).
 //! - [`error`]: the one error type and the error policy; every error is a problem document.
 //! - [`extract`], [`auth`]: extractors that reject with problems; admin deny-by-default.
@@ -21,6 +23,7 @@ pub mod observe;
 pub mod openapi;
 pub mod redis_status;
 pub mod routes;
+pub mod serve;
 pub mod sold_out;
 
 use std::future::Future;
@@ -71,8 +74,10 @@ struct Inner {
 
 impl AppState {
     pub fn new(config: &Config) -> RedisResult<Self> {
+        let redis = Redis::new(&config.redis)?;
+        let sold_out = Arc::new(SoldOutBoard::new(config, redis.clone()));
         Ok(Self(Arc::new(Inner {
-            redis: Redis::new(&config.redis)?,
+            redis,
             redis_status: Arc::new(RedisStatus::default()),
             redis_timeout: config.redis.timeout(),
             request_timeout: config.request_timeout(),
@@ -80,10 +85,7 @@ impl AppState {
             admin_token: config.admin_token.clone(),
             idempotency_retention: config.idempotency_retention(),
             metrics: Arc::new(ApiMetrics::new()),
-            sold_out: Arc::new(SoldOutBoard::new(
-                config.sold_out_cache,
-                Duration::from_millis(config.sold_out_refresh_ms),
-            )),
+            sold_out,
         })))
     }
 
@@ -123,7 +125,7 @@ impl AppState {
 
     /// Tells the sold-out board what a script answer revealed about an event's stock.
     pub fn observe_remaining(&self, event: &flashsale_shared::EventId, remaining: u64) {
-        self.0.sold_out.observe(&self.0.redis, event, remaining);
+        self.0.sold_out.observe(event, remaining);
     }
 
     /// Runs one Redis operation on the shared connection under the Redis deadline, mapping
@@ -152,18 +154,25 @@ impl AppState {
     }
 }
 
-/// Every route, with the middleware stack (outermost first): `observe` (request id, debug
-/// span, metrics, problem documents for every error, request timeout), then the body limit.
-/// The OpenAPI document is generated from the same list of handlers and served at
-/// `/openapi.json`.
+/// Every route, behind the gateway's middleware (see [`observed`]). The OpenAPI document is
+/// generated from the same list of handlers and served at `/openapi.json`.
 pub fn router(state: AppState) -> Router {
     let (routes, openapi) = api_routes().split_for_parts();
     let document = openapi.to_pretty_json().unwrap_or_default();
+    let routes = routes.route(
+        "/openapi.json",
+        get(move || async move { ([(header::CONTENT_TYPE, "application/json")], document) }),
+    );
+    observed(routes, state)
+}
+
+/// `routes` with the middleware stack every request goes through (outermost first):
+/// `observe` (request id, debug span, metrics, problem documents for every error and for a
+/// panic, request timeout), then the body limit, and the problem-document fallback for
+/// unknown routes. Public so that tests can put a route of their own (one that panics, say)
+/// behind exactly the production stack.
+pub fn observed(routes: Router<AppState>, state: AppState) -> Router {
     routes
-        .route(
-            "/openapi.json",
-            get(move || async move { ([(header::CONTENT_TYPE, "application/json")], document) }),
-        )
         .fallback(|| async { ApiError::RouteNotFound })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe::every_request))
@@ -183,7 +192,8 @@ fn api_routes() -> OpenApiRouter<AppState> {
 }
 
 /// Serves the gateway on `listener` until `shutdown` resolves, then stops accepting, lets
-/// in-flight requests finish for up to `SHUTDOWN_TIMEOUT_MS`, and returns.
+/// in-flight requests finish for up to `SHUTDOWN_TIMEOUT_MS`, and returns. Connections are
+/// bounded by [`serve`]: their number, their header-read time and their idle time.
 pub async fn run(
     listener: TcpListener,
     config: Config,
@@ -208,32 +218,12 @@ pub async fn run(
         state.0.redis_timeout,
         background.clone(),
     ));
-    tokio::spawn(state.sold_out().clone().refresh_loop(state.0.redis.clone(), background.clone()));
-    tokio::spawn(state.sold_out().clone().listen_loop(state.0.redis.client().clone(), background.clone()));
+    tokio::spawn(state.sold_out().clone().run(background.clone()));
 
-    let draining = CancellationToken::new();
-    let drain_started = draining.clone();
-    // Responses are small and written whole: never let Nagle hold one back.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY");
-        }
-    });
-    let serve = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
-        shutdown.await;
-        drain_started.cancel();
-    });
-    let drain_limit = config.shutdown_timeout();
-    let result = tokio::select! {
-        result = serve => result,
-        () = async { draining.cancelled().await; tokio::time::sleep(drain_limit).await } => {
-            tracing::warn!(?drain_limit, "requests still in flight at the drain deadline; exiting anyway");
-            Ok(())
-        }
-    };
+    serve::serve(listener, router(state), serve::Limits::new(&config), shutdown).await;
     background.cancel();
     tracing::info!("flashsale-api stopped");
-    result
+    Ok(())
 }
 
 /// Loads every script once Redis is reachable, so the first purchase needs one round trip.

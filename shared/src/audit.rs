@@ -27,9 +27,8 @@ use crate::order::{OrderRecord, OrderStatus};
 use crate::scripts::{text, unexpected};
 use crate::stream;
 
-/// Elements per Redis call of the walk: an `HSCAN ... COUNT 1000` of order records takes well
-/// under a millisecond.
-pub const CHUNK: usize = 1000;
+/// Elements per Redis call of the walk.
+pub const CHUNK: usize = crate::scripts::SCAN_CHUNK;
 
 /// Walks repeated before the audit gives up on a consistent result.
 const ATTEMPTS: usize = 3;
@@ -146,8 +145,11 @@ impl Counters {
 }
 
 async fn counters(conn: &mut impl ConnectionLike, keys: &EventKeys) -> RedisResult<Option<Counters>> {
-    // The event hash has a dozen fields: HGETALL is O(1) in practice.
-    let fields: HashMap<String, String> = redis::cmd("HGETALL").arg(&keys.event).query_async(conn).await?;
+    const FIELDS: [&str; 5] = ["stock", "remaining", "confirmed", "accepted", "purged"];
+    let values: Vec<Option<String>> =
+        redis::cmd("HMGET").arg(&keys.event).arg(&FIELDS).query_async(conn).await?;
+    let fields: HashMap<String, String> =
+        FIELDS.iter().zip(values).filter_map(|(name, value)| Some(((*name).to_owned(), value?))).collect();
     if !fields.contains_key("stock") {
         return Ok(None);
     }

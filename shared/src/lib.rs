@@ -13,6 +13,7 @@
 //! - [`event`], [`purchase`], [`order`], [`stream`]: one module per step a purchase goes
 //!   through, each wrapping its script with typed arguments and outcomes.
 //! - [`dead_letter`]: entries the worker could not finalize, and the operator's redrive/fail.
+//! - [`sold_out`]: the chunked reads behind the gateway's local sold-out flags.
 //! - [`audit`]: the books-balance invariant, used by tests and by `flashsale-worker check`.
 //! - [`config`], [`telemetry`], [`shutdown`]: the process plumbing both binaries share.
 
@@ -27,6 +28,7 @@ pub mod order;
 pub mod purchase;
 pub mod scripts;
 pub mod shutdown;
+pub mod sold_out;
 pub mod stream;
 pub mod telemetry;
 

@@ -20,6 +20,12 @@ use crate::openapi::{BodyProblems, ServerProblems};
 /// Larger stocks would not be exact in Lua's double-precision numbers.
 const MAX_STOCK: u64 = 1_000_000_000;
 const MAX_NAME_LEN: usize = 200;
+/// Times must lie in years 1970 to 9999 UTC, as Unix seconds (`9999-12-31T23:59:59Z`): RFC
+/// 3339 has four-digit years, and before 1970 the millisecond fields would be negative.
+/// Outside it an event was stored and then every GET failed to format it (a 500). Comparing
+/// timestamps also catches offsets that cross an edge (`9999-12-31T23:00:00-05:00`) without
+/// `to_offset`, which panics out of range.
+const TIMES: std::ops::RangeInclusive<i64> = 0..=253_402_300_799;
 
 /// An event's configuration. It can be replaced until the first order is accepted.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -36,11 +42,12 @@ pub struct PutEventBody {
     #[serde(default)]
     #[schema(min_length = 1, max_length = 200)]
     name: Option<String>,
-    /// Start of the sale window (inclusive), RFC 3339. Absent: open now.
+    /// Start of the sale window (inclusive), RFC 3339, in years 1970-9999 UTC. Absent: open now.
     #[serde(default, with = "time::serde::rfc3339::option")]
     #[schema(value_type = Option<String>, format = DateTime)]
     starts_at: Option<OffsetDateTime>,
-    /// End of the sale window (exclusive), RFC 3339; after `starts_at`. Absent: no end.
+    /// End of the sale window (exclusive), RFC 3339, in years 1970-9999 UTC; after `starts_at`.
+    /// Absent: no end.
     #[serde(default, with = "time::serde::rfc3339::option")]
     #[schema(value_type = Option<String>, format = DateTime)]
     ends_at: Option<OffsetDateTime>,
@@ -68,6 +75,14 @@ impl PutEventBody {
                 "name",
                 format!("must be 1 to {MAX_NAME_LEN} characters, not blank, without control characters"),
             ));
+        }
+        for (field, at) in [("starts_at", self.starts_at), ("ends_at", self.ends_at)] {
+            if at.is_some_and(|at| !TIMES.contains(&at.unix_timestamp())) {
+                invalid.push(InvalidField::new(
+                    field,
+                    "must be between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59Z",
+                ));
+            }
         }
         if let (Some(starts), Some(ends)) = (self.starts_at, self.ends_at)
             && starts >= ends

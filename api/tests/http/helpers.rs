@@ -20,7 +20,7 @@ impl Drop for TestApp {
     }
 }
 
-fn init_logs() {
+pub fn init_logs() {
     if std::env::var_os("TEST_LOG").is_some() {
         let log = flashsale_shared::config::LogArgs {
             log_filter: "info".into(),

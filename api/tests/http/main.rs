@@ -5,6 +5,7 @@
 
 mod helpers;
 
+mod edge;
 mod events;
 mod health;
 mod metrics;
