@@ -20,7 +20,9 @@
 --
 -- KEYS[1] event hash, KEYS[2] orders, KEYS[3] order stream, KEYS[4] dead-letter stream,
 -- KEYS[5] attempts (entry id -> failed attempts)
--- ARGV[1] consumer group, ARGV[2] max failed attempts (MAX_DELIVERIES), ARGV[3..] entry ids
+-- ARGV[1] consumer group, ARGV[2] max failed attempts (MAX_DELIVERIES), then per entry three
+-- elements: entry id, order id ('' = read it from the entry), and an error the ledger gave for
+-- this order ('' = none; one that is set counts as a failed attempt and confirms nothing).
 --
 -- Returns, per entry, five elements: entry id, outcome, quantity, created_ms, done_ms, where
 -- outcome is 'confirmed' | 'duplicate' (order already final) | 'skipped' (no longer pending:
@@ -74,15 +76,18 @@ local function dead_letter(id, outcome, reason, attempts, fields, order_id, orde
   return {id, outcome .. ':' .. reason, qty, created, now}
 end
 
-local function finalize(id)
-  local entry = redis.call('XRANGE', KEYS[3], id, id)
-  if #entry == 0 then
-    return dead_letter(id, 'dead_lettered', 'entry_missing', 0)
-  end
-  local fields = entry[1][2]
-  local order_id
-  for i = 1, #fields, 2 do
-    if fields[i] == 'order' then order_id = fields[i + 1] end
+local function finalize(id, order_id)
+  local fields = {'order', order_id}
+  if order_id == '' then
+    -- The worker did not have the entry's fields (it listed its pending entries): read them.
+    local entry = redis.call('XRANGE', KEYS[3], id, id)
+    if #entry == 0 then
+      return dead_letter(id, 'dead_lettered', 'entry_missing', 0)
+    end
+    fields, order_id = entry[1][2], nil
+    for i = 1, #fields, 2 do
+      if fields[i] == 'order' then order_id = fields[i + 1] end
+    end
   end
   if not order_id then
     return dead_letter(id, 'dead_lettered', 'unparseable', 0, fields)
@@ -108,13 +113,18 @@ local function finalize(id)
   return {id, 'confirmed', order.qty, order.created, now}
 end
 
-for i = 3, #ARGV do
-  local id = ARGV[i]
+for i = 3, #ARGV, 3 do
+  local id, order_arg, ledger_error = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local result
   if #redis.call('XPENDING', KEYS[3], group, id, id, 1) == 0 then
     result = {id, 'skipped', 0, 0, 0}
   else
-    local ok, value = pcall(finalize, id)
+    local ok, value
+    if ledger_error ~= '' then
+      ok, value = false, 'ledger: ' .. ledger_error
+    else
+      ok, value = pcall(finalize, id, order_arg)
+    end
     if ok then
       result = value
     else

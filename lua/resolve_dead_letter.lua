@@ -4,8 +4,9 @@
 -- - 'redrive': the order goes back on the order stream as a new entry (its failed attempts
 --   forgotten) and a worker confirms it; the dead letter is removed. Only for a pending order.
 -- - 'fail': a pending order fails, its units return to the stock and to the buyer's allowance,
---   and every gateway is told (the stock-returned channel); the dead letter is removed. A dead
---   letter with no pending order (unparseable, unknown, already final) is just removed.
+--   and every gateway is told (the stock-returned channel); the dead letter is removed, and an
+--   entry on the order stream tells a worker to record the failure in the ledger. A dead letter
+--   with no pending order (unparseable, unknown, already final) is just removed.
 --
 -- KEYS[1] event hash, KEYS[2] orders, KEYS[3] user totals, KEYS[4] order stream,
 -- KEYS[5] dead-letter stream, KEYS[6] attempts
@@ -20,10 +21,19 @@
 local found = redis.call('XRANGE', KEYS[5], ARGV[2], ARGV[2])
 if #found == 0 then return {'not_found', '', ''} end
 local fields = found[1][2]
-local order_id, entry = '', ''
+local order_id, entry, payload = '', '', '[]'
 for i = 1, #fields, 2 do
   if fields[i] == 'order' then order_id = fields[i + 1] end
   if fields[i] == 'entry' then entry = fields[i + 1] end
+  if fields[i] == 'payload' then payload = fields[i + 1] end
+end
+-- The original entry's idempotency scope, carried on to the entry that tells the worker.
+local scope = ''
+local ok, original = pcall(cjson.decode, payload)
+if ok and type(original) == 'table' then
+  for i = 1, #original - 1, 2 do
+    if original[i] == 'scope' then scope = tostring(original[i + 1]) end
+  end
 end
 
 local record = order_id ~= '' and redis.call('HGET', KEYS[2], order_id) or false
@@ -36,7 +46,7 @@ local status_name = ({p = 'pending', c = 'confirmed', f = 'failed'})[status] or 
 
 if ARGV[1] == 'redrive' then
   if not pending then return {'not_pending', order_id, status_name} end
-  local id = redis.call('XADD', KEYS[4], '*', 'order', order_id)
+  local id = redis.call('XADD', KEYS[4], '*', 'order', order_id, 'scope', scope)
   redis.call('XDEL', KEYS[5], ARGV[2])
   if entry ~= '' then redis.call('HDEL', KEYS[6], entry) end
   return {'redriven', order_id, id}
@@ -57,5 +67,7 @@ if redis.call('HEXISTS', KEYS[3], user) == 1 then
 end
 redis.call('XDEL', KEYS[5], ARGV[2])
 if entry ~= '' then redis.call('HDEL', KEYS[6], entry) end
+-- The worker records the failure in the ledger (and acknowledges this entry) as for any order.
+redis.call('XADD', KEYS[4], '*', 'order', order_id, 'scope', scope)
 redis.call('PUBLISH', ARGV[4], ARGV[3])
 return {'failed', order_id, tostring(qty)}

@@ -50,6 +50,11 @@ pub struct Config {
     #[command(flatten)]
     pub redis: RedisArgs,
 
+    /// The ledger, optional here: read (never on the purchase path) only for events that have
+    /// left Redis, and to refuse re-creating one.
+    #[command(flatten)]
+    pub ledger: flashsale_ledger::LedgerArgs,
+
     #[command(flatten)]
     pub log: LogArgs,
 
@@ -125,6 +130,7 @@ impl Config {
             listen_addr: DEFAULT_LISTEN_ADDR.parse().expect("a valid default address"),
             admin_token: None,
             redis,
+            ledger: flashsale_ledger::LedgerArgs::none(),
             log: LogArgs::default(),
             worker_threads: None,
             request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,

@@ -82,6 +82,8 @@ pub enum Unavailable {
     Busy,
     /// Redis's `maxmemory-policy` could evict idempotency entries: the gateway refuses to sell.
     EvictionPolicy(String),
+    /// The ledger (PostgreSQL), asked about an event that left Redis, did not answer.
+    Ledger,
 }
 
 impl Unavailable {
@@ -95,6 +97,7 @@ impl Unavailable {
             Self::Refused => "Redis refused the connection (down or unreachable).".into(),
             Self::ConnectionLost => "The connection to Redis broke during the call.".into(),
             Self::Busy => "Redis is loading or busy and refuses commands for now.".into(),
+            Self::Ledger => "The ledger did not answer; this event is only there now.".into(),
             Self::EvictionPolicy(policy) => format!(
                 "Redis's maxmemory-policy is {policy}, which could evict idempotency entries and \
                  let a retry buy twice: sales are refused until it is noeviction or volatile-*."

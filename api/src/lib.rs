@@ -63,6 +63,8 @@ pub struct AppState(Arc<Inner>);
 struct Inner {
     redis: Redis,
     redis_status: Arc<RedisStatus>,
+    /// The ledger, when `DATABASE_URL` is set: only for events that have left Redis.
+    ledger: Option<flashsale_ledger::Ledger>,
     redis_timeout: Duration,
     request_timeout: Duration,
     body_timeout: Duration,
@@ -79,6 +81,12 @@ impl AppState {
         Ok(Self(Arc::new(Inner {
             redis,
             redis_status: Arc::new(RedisStatus::default()),
+            ledger: match config.ledger.database_url {
+                Some(_) => Some(flashsale_ledger::Ledger::new(&config.ledger).map_err(|e| {
+                    redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "ledger", e.to_string()))
+                })?),
+                None => None,
+            },
             redis_timeout: config.redis.timeout(),
             request_timeout: config.request_timeout(),
             body_timeout: config.body_timeout(),
@@ -105,6 +113,21 @@ impl AppState {
     /// `Ok` when Redis may be sold on (see [`redis_status`]).
     pub async fn may_sell(&self) -> Result<(), ApiError> {
         self.0.redis_status.check(&self.0.redis, self.0.redis_timeout).await
+    }
+
+    /// Runs one ledger read, if a ledger is configured (`None` otherwise), mapping its failure
+    /// to a 503.
+    pub async fn ledger<T, F, Fut>(&self, op: F) -> Result<Option<T>, ApiError>
+    where
+        F: FnOnce(flashsale_ledger::Ledger) -> Fut,
+        Fut: Future<Output = flashsale_ledger::Result<T>>,
+    {
+        let Some(ledger) = self.0.ledger.clone() else { return Ok(None) };
+        op(ledger).await.map(Some).map_err(|error| ApiError::Unavailable {
+            why: crate::error::Unavailable::Ledger,
+            outcome_unknown: false,
+            cause: error.to_string(),
+        })
     }
 
     pub fn redis_status(&self) -> &RedisStatus {

@@ -110,6 +110,10 @@ impl OrderId {
     pub fn parse(value: &str) -> Option<Self> {
         Uuid::try_parse(value).ok().map(Self)
     }
+
+    pub fn as_uuid(self) -> Uuid {
+        self.0
+    }
 }
 
 macro_rules! display_inner {

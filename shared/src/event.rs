@@ -8,8 +8,9 @@ use redis::aio::ConnectionLike;
 use serde::Serialize;
 
 use crate::domain::EventId;
+use crate::keys::CONSUMER_GROUP;
 use crate::keys::{self, EventKeys};
-use crate::scripts::{self, PURGE, PUT_EVENT};
+use crate::scripts::{self, PURGE, PUT_EVENT, REMOVE_EVENT};
 
 /// What an operator sets with `PUT /v1/events/{id}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,4 +190,56 @@ pub async fn units(conn: &mut impl ConnectionLike, keys: &EventKeys) -> RedisRes
 pub async fn purge(conn: &mut impl ConnectionLike, keys: &EventKeys) -> RedisResult<bool> {
     let purged: i64 = PURGE.key(&keys.event).key(&keys.idem).key(&keys.users).invoke_async(conn).await?;
     Ok(purged == 1)
+}
+
+/// Whether the event's retention has passed and its idempotency entries were purged: the
+/// only events that may leave Redis.
+pub async fn is_purged(conn: &mut impl ConnectionLike, keys: &EventKeys) -> RedisResult<bool> {
+    redis::cmd("HEXISTS").arg(&keys.event).arg("purged").query_async(conn).await
+}
+
+/// Why an event stays in Redis, or that it left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    Removed,
+    /// Not yet: the reason `lua/remove_event.lua` gave.
+    Kept(&'static str),
+}
+
+/// Removes every key of an ended, purged, drained event whose `ledger_orders` (the ledger's
+/// count of its orders) equals the orders it ever accepted (`lua/remove_event.lua`), then its
+/// registration, so workers stop polling it.
+pub async fn remove(
+    conn: &mut impl ConnectionLike,
+    id: &EventId,
+    ledger_orders: u64,
+) -> RedisResult<Removal> {
+    let keys = EventKeys::new(id);
+    let outcome: String = REMOVE_EVENT
+        .key(&keys.event)
+        .key(&keys.orders)
+        .key(&keys.idem)
+        .key(&keys.users)
+        .key(&keys.stream)
+        .key(&keys.dead)
+        .key(&keys.attempts)
+        .arg(CONSUMER_GROUP)
+        .arg(ledger_orders)
+        .invoke_async(conn)
+        .await?;
+    let kept = match outcome.as_str() {
+        "removed" => {
+            redis::cmd("SREM").arg(keys::EVENTS).arg(id.as_str()).exec_async(conn).await?;
+            return Ok(Removal::Removed);
+        }
+        "unknown" => "unknown",
+        "not_purged" => "not_purged",
+        "dead_letters" => "dead_letters",
+        "not_drained" => "not_drained",
+        "ledger_behind" => "ledger_behind",
+        other => {
+            return Err(scripts::unexpected("a removal outcome", &redis::Value::SimpleString(other.into())));
+        }
+    };
+    Ok(Removal::Kept(kept))
 }

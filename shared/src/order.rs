@@ -50,6 +50,48 @@ impl OrderRecord {
     }
 }
 
+/// The records of these orders (by id, as the stream names them), `None` for each one the
+/// event does not have or whose record is unreadable: one `HMGET`.
+pub async fn load_many(
+    conn: &mut impl ConnectionLike,
+    keys: &EventKeys,
+    order_ids: &[&str],
+) -> redis::RedisResult<Vec<Option<OrderRecord>>> {
+    if order_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let records: Vec<Option<String>> =
+        redis::cmd("HMGET").arg(&keys.orders).arg(order_ids).query_async(conn).await?;
+    Ok(records.into_iter().map(|r| r.as_deref().and_then(OrderRecord::parse)).collect())
+}
+
+/// One step of a walk over an event's orders (`HSCAN ... COUNT SCAN_CHUNK`, start with
+/// cursor 0; the walk is over when the returned cursor is 0): order ids with their records
+/// (`None` for a record that cannot be read). An order may come back twice in one walk.
+pub async fn scan(
+    conn: &mut impl ConnectionLike,
+    keys: &EventKeys,
+    cursor: u64,
+) -> redis::RedisResult<(u64, Vec<(String, Option<OrderRecord>)>)> {
+    let (next, pairs): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
+        .arg(&keys.orders)
+        .arg(cursor)
+        .arg("COUNT")
+        .arg(crate::scripts::SCAN_CHUNK)
+        .query_async(conn)
+        .await?;
+    Ok((
+        next,
+        pairs
+            .into_iter()
+            .map(|(id, record)| {
+                let parsed = OrderRecord::parse(&record);
+                (id, parsed)
+            })
+            .collect(),
+    ))
+}
+
 /// The order, or `None` when the event has no such order.
 pub async fn load(
     conn: &mut impl ConnectionLike,

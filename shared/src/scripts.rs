@@ -39,8 +39,11 @@ pub static FINALIZE: LuaScript = lua!("finalize.lua");
 pub static TRIM: LuaScript = lua!("trim.lua");
 pub static PURGE: LuaScript = lua!("purge.lua");
 pub static RESOLVE_DEAD_LETTER: LuaScript = lua!("resolve_dead_letter.lua");
+pub static REMOVE_EVENT: LuaScript = lua!("remove_event.lua");
+pub static ENSURE_GROUP: LuaScript = lua!("ensure_group.lua");
 
-static ALL: [&LuaScript; 6] = [&PURCHASE, &PUT_EVENT, &FINALIZE, &TRIM, &PURGE, &RESOLVE_DEAD_LETTER];
+static ALL: [&LuaScript; 8] =
+    [&PURCHASE, &PUT_EVENT, &FINALIZE, &TRIM, &PURGE, &RESOLVE_DEAD_LETTER, &REMOVE_EVENT, &ENSURE_GROUP];
 
 /// SCRIPT LOAD every script, so the first purchase after a (re)start needs no second trip.
 pub async fn load_all(conn: &mut impl ConnectionLike) -> RedisResult<()> {

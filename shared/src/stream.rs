@@ -12,22 +12,36 @@ use redis::aio::ConnectionLike;
 use redis::{RedisResult, Value};
 
 use crate::keys::{CONSUMER_GROUP, EventKeys};
-use crate::scripts::{FINALIZE, Reply, TRIM, integer, text, unexpected};
+use crate::scripts::{ENSURE_GROUP, FINALIZE, Reply, TRIM, integer, text, unexpected};
 
 /// Creates the consumer group at id 0 with MKSTREAM, so entries added before the group
-/// existed are still delivered. An existing group (BUSYGROUP) is success.
+/// existed are still delivered, but only while the event exists (`lua/ensure_group.lua`): a
+/// stream is never brought back for an event that left Redis. An existing group is success.
 pub async fn ensure_group(conn: &mut impl ConnectionLike, keys: &EventKeys) -> RedisResult<()> {
-    let created: RedisResult<()> = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&keys.stream)
-        .arg(CONSUMER_GROUP)
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async(conn)
-        .await;
-    match created {
-        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
-        other => other,
+    ENSURE_GROUP.key(&keys.event).key(&keys.stream).arg(CONSUMER_GROUP).invoke_async::<i64>(conn).await?;
+    Ok(())
+}
+
+/// One entry of an order stream: `{order = id, scope = idempotency scope}` as
+/// `lua/purchase.lua` (or an operator's redrive or fail) wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub id: String,
+    /// `None` when the entry names no order (it cannot be understood).
+    pub order_id: Option<String>,
+    /// Empty for entries written before the scope was recorded.
+    pub scope: String,
+}
+
+impl Entry {
+    fn parse(id: &str, fields: &[Value]) -> Self {
+        let get = |name: &str| crate::scripts::field(fields, name).and_then(text).map(str::to_owned);
+        Self { id: id.to_owned(), order_id: get("order"), scope: get("scope").unwrap_or_default() }
+    }
+
+    /// An entry known only by its id (its fields are read by the finalize script).
+    pub fn unread(id: String) -> Self {
+        Self { id, order_id: None, scope: String::new() }
     }
 }
 
@@ -36,7 +50,7 @@ pub async fn ensure_group(conn: &mut impl ConnectionLike, keys: &EventKeys) -> R
 pub struct Delivered {
     /// Index of the stream in the slice given to [`read_new`].
     pub stream: usize,
-    pub ids: Vec<String>,
+    pub entries: Vec<Entry>,
 }
 
 /// Reads up to `count` new entries per stream for `consumer`, blocking up to `block_ms` when
@@ -62,8 +76,8 @@ pub async fn read_new(
     Ok(delivered(reply, streams))
 }
 
-/// The ids of an XREADGROUP reply, per stream. Parsed by hand: only the ids matter (the
-/// script reads each entry itself).
+/// The entries of an XREADGROUP reply, per stream. Parsed by hand: an entry deleted while
+/// pending comes back with nil fields, which typed parsing rejects.
 fn delivered(reply: Value, streams: &[&EventKeys]) -> Vec<Delivered> {
     let Value::Array(per_stream) = reply else { return Vec::new() };
     let mut batches = Vec::new();
@@ -73,18 +87,73 @@ fn delivered(reply: Value, streams: &[&EventKeys]) -> Vec<Delivered> {
         let Some(stream) = text(key).and_then(|k| streams.iter().position(|s| s.stream == k)) else {
             continue;
         };
-        let ids: Vec<String> = entries
-            .iter()
-            .filter_map(|entry| match entry {
-                Value::Array(parts) => parts.first().and_then(text).map(str::to_owned),
-                _ => None,
-            })
-            .collect();
-        if !ids.is_empty() {
-            batches.push(Delivered { stream, ids });
+        let entries: Vec<Entry> = entries.iter().filter_map(entry_of).collect();
+        if !entries.is_empty() {
+            batches.push(Delivered { stream, entries });
         }
     }
     batches
+}
+
+/// `[id, [field, value, ...]]` as XREADGROUP and XRANGE give it (fields may be nil).
+fn entry_of(value: &Value) -> Option<Entry> {
+    let Value::Array(parts) = value else { return None };
+    let id = parts.first().and_then(text)?;
+    Some(match parts.get(1) {
+        Some(Value::Array(fields)) => Entry::parse(id, fields),
+        _ => Entry::unread(id.to_owned()),
+    })
+}
+
+/// Reads the fields of entries known by id (own pending ones, claimed ones), in one
+/// pipelined round trip of single-entry `XRANGE`s; an entry gone from the stream comes back
+/// unread (the finalize script dead-letters it).
+pub async fn describe(
+    conn: &mut impl ConnectionLike,
+    keys: &EventKeys,
+    ids: &[String],
+) -> RedisResult<Vec<Entry>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    for id in ids {
+        pipe.cmd("XRANGE").arg(&keys.stream).arg(id).arg(id);
+    }
+    let replies: Vec<Value> = pipe.query_async(conn).await?;
+    Ok(ids
+        .iter()
+        .zip(replies)
+        .map(|(id, reply)| match reply {
+            Value::Array(found) => {
+                found.first().and_then(entry_of).unwrap_or_else(|| Entry::unread(id.clone()))
+            }
+            _ => Entry::unread(id.clone()),
+        })
+        .collect())
+}
+
+/// Resets the idle time of entries this consumer holds (`XCLAIM ... 0 ... JUSTID`, which
+/// counts no delivery), so that no other worker claims them while this one waits for the
+/// ledger to come back.
+pub async fn keep(
+    conn: &mut impl ConnectionLike,
+    keys: &EventKeys,
+    consumer: &str,
+    ids: &[String],
+) -> RedisResult<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    redis::cmd("XCLAIM")
+        .arg(&keys.stream)
+        .arg(CONSUMER_GROUP)
+        .arg(consumer)
+        .arg(0)
+        .arg(ids)
+        .arg("JUSTID")
+        .exec_async(conn)
+        .await
 }
 
 /// The first `count` entries pending with `consumer` (delivered, not acknowledged), oldest
@@ -214,12 +283,27 @@ pub struct FinalizedEntry {
     pub done_ms: i64,
 }
 
+/// One entry to finalize: its id, the order it names if the worker read it, and the error
+/// the ledger gave for that order, if any (which counts as a failed attempt).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToFinalize<'a> {
+    pub entry_id: &'a str,
+    pub order_id: Option<&'a str>,
+    pub ledger_error: Option<&'a str>,
+}
+
+impl<'a> ToFinalize<'a> {
+    pub fn of(entry: &'a Entry) -> Self {
+        Self { entry_id: &entry.id, order_id: entry.order_id.as_deref(), ledger_error: None }
+    }
+}
+
 /// Finalizes entries of one event's stream that this worker holds, in one atomic script call.
 /// `max_attempts` failed attempts are allowed per entry; the next one parks it.
 pub async fn finalize(
     conn: &mut impl ConnectionLike,
     keys: &EventKeys,
-    entry_ids: &[String],
+    entries: &[ToFinalize<'_>],
     max_attempts: u32,
 ) -> RedisResult<Vec<FinalizedEntry>> {
     let mut invocation = FINALIZE.prepare_invoke();
@@ -230,13 +314,18 @@ pub async fn finalize(
         .key(&keys.dead)
         .key(&keys.attempts)
         .arg(CONSUMER_GROUP)
-        .arg(max_attempts)
-        .arg(entry_ids);
+        .arg(max_attempts);
+    for entry in entries {
+        invocation
+            .arg(entry.entry_id)
+            .arg(entry.order_id.unwrap_or(""))
+            .arg(entry.ledger_error.unwrap_or(""));
+    }
     let reply = Reply::new(invocation.invoke_async(conn).await?)?;
-    if reply.len() != entry_ids.len() * 5 {
+    if reply.len() != entries.len() * 5 {
         return Err(unexpected("five elements per entry", &Value::Int(reply.len() as i64)));
     }
-    (0..entry_ids.len())
+    (0..entries.len())
         .map(|i| {
             let at = i * 5;
             let outcome = parse_outcome(reply.str(at + 1)?)?;

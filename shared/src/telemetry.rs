@@ -63,10 +63,27 @@ fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
     Key::from_parts(name, labels)
 }
 
+/// A gauge nobody updated for this long leaves the exposition (see [`Metrics::with_gauge_idle`]).
+pub const GAUGE_IDLE: std::time::Duration = std::time::Duration::from_secs(300);
+
 impl Metrics {
     /// `histograms` names each histogram with its explicit buckets.
     pub fn new(histograms: &[(&'static str, &[f64])]) -> Self {
+        Self::build(histograms, None)
+    }
+
+    /// Like [`Metrics::new`], and a gauge not updated for `idle` disappears from the
+    /// exposition: per-event gauges of an event that left Redis do not stay forever. Every
+    /// gauge that should stay must be set more often than that.
+    pub fn with_gauge_idle(histograms: &[(&'static str, &[f64])], idle: std::time::Duration) -> Self {
+        Self::build(histograms, Some(idle))
+    }
+
+    fn build(histograms: &[(&'static str, &[f64])], gauge_idle: Option<std::time::Duration>) -> Self {
         let mut builder = PrometheusBuilder::new();
+        if let Some(idle) = gauge_idle {
+            builder = builder.idle_timeout(metrics_util::MetricKindMask::GAUGE, Some(idle));
+        }
         for (name, buckets) in histograms {
             builder = builder
                 .set_buckets_for_metric(Matcher::Full((*name).to_owned()), buckets)

@@ -10,6 +10,7 @@
 //! - [`wait_until`]: polling with a deadline, instead of sleeping.
 
 mod api;
+mod postgres;
 mod process;
 mod redis_server;
 
@@ -17,6 +18,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 pub use api::{Api, Reply, metric_value};
+pub use postgres::Postgres;
 pub use process::{Gateway, Worker, binary, free_port, run_to_exit};
 pub use redis_server::{Durability, RedisServer};
 

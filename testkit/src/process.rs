@@ -185,12 +185,13 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Starts a worker named `consumer`; `env` adds or overrides settings. Returns once its
-    /// `/healthz` answers.
-    pub async fn start(redis_url: &str, consumer: &str, env: &[(&str, &str)]) -> Self {
+    /// Starts a worker named `consumer` on Redis and the ledger at `database_url`; `env` adds
+    /// or overrides settings. Returns once its `/healthz` answers.
+    pub async fn start(redis_url: &str, database_url: &str, consumer: &str, env: &[(&str, &str)]) -> Self {
         let metrics_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut vars = vec![
             ("REDIS_URL".to_owned(), redis_url.to_owned()),
+            ("DATABASE_URL".to_owned(), database_url.to_owned()),
             ("METRICS_ADDR".to_owned(), metrics_addr.to_string()),
             ("CONSUMER_NAME".to_owned(), consumer.to_owned()),
         ];

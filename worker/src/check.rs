@@ -1,5 +1,7 @@
-//! `flashsale-worker check --event E [--drained]`: the books-balance invariant as an
-//! operator command (the same check the fault tests run; see `flashsale_shared::audit`).
+//! `flashsale-worker check --event E [--drained] [--ledger]`: the books-balance invariant as an
+//! operator command (the same check the fault tests run; see `flashsale_shared::audit`), and
+//! with `--ledger` the comparison of Redis and the ledger order by order, in both directions,
+//! in chunks (Redis `HSCAN` of 200, ledger pages of 1,000), so it can run during a sale.
 
 use std::process::ExitCode;
 
@@ -17,7 +19,126 @@ pub(crate) async fn connect(redis: &RedisArgs) -> redis::RedisResult<redis::aio:
     redis.client()?.get_multiplexed_async_connection_with_config(&config).await
 }
 
-pub async fn check(redis: &RedisArgs, event: &str, drained: bool) -> ExitCode {
+/// Redis and the ledger, order by order.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct LedgerComparison {
+    /// Confirmed or failed orders in Redis.
+    pub redis_final: i64,
+    /// Orders in the ledger.
+    pub ledger_orders: i64,
+    /// Final in Redis, absent from the ledger: never allowed (the ledger is written first).
+    pub missing_in_ledger: i64,
+    /// Final in both, with different statuses (an operator's `fail` not recorded yet).
+    pub status_mismatch: i64,
+    /// In the ledger, unknown to Redis (Redis lost data, or the event left Redis).
+    pub missing_in_redis: i64,
+    /// Final in the ledger, pending in Redis: a batch being confirmed, or a parked order.
+    pub ahead_of_redis: i64,
+    /// The first few order ids of each kind of difference.
+    pub examples: Vec<String>,
+}
+
+impl LedgerComparison {
+    fn violations(&self, drained: bool, parked: i64) -> Vec<String> {
+        let mut found = Vec::new();
+        if self.missing_in_ledger > 0 {
+            found.push(format!(
+                "{} final orders in Redis are missing from the ledger",
+                self.missing_in_ledger
+            ));
+        }
+        if self.missing_in_redis > 0 {
+            found.push(format!("{} ledger orders are unknown to Redis", self.missing_in_redis));
+        }
+        if drained && self.status_mismatch > 0 {
+            found.push(format!("{} orders have a different status in the ledger", self.status_mismatch));
+        }
+        if drained && self.ahead_of_redis > parked {
+            found.push(format!(
+                "{} orders are final in the ledger but pending in Redis ({parked} parked)",
+                self.ahead_of_redis
+            ));
+        }
+        found
+    }
+
+    fn example(&mut self, what: &str, id: &str) {
+        if self.examples.len() < 20 {
+            self.examples.push(format!("{what}: {id}"));
+        }
+    }
+}
+
+/// Walks Redis's orders against the ledger, then the ledger's against Redis.
+pub async fn compare(
+    conn: &mut redis::aio::MultiplexedConnection,
+    ledger: &flashsale_ledger::Ledger,
+    event: &EventId,
+) -> Result<LedgerComparison, String> {
+    use flashsale_ledger::Status;
+    use flashsale_shared::order::{self, OrderStatus};
+    let keys = flashsale_shared::EventKeys::new(event);
+    let mut report = LedgerComparison::default();
+    let mut seen = std::collections::HashSet::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, orders) = order::scan(conn, &keys, cursor).await.map_err(|e| e.to_string())?;
+        let mut finals = Vec::new();
+        for (id, record) in orders {
+            let (Ok(uuid), Some(record)) = (uuid::Uuid::try_parse(&id), record) else { continue };
+            if record.status != OrderStatus::Pending && seen.insert(uuid) {
+                finals.push((uuid, record.status));
+            }
+        }
+        let ids: Vec<uuid::Uuid> = finals.iter().map(|(id, _)| *id).collect();
+        let in_ledger = ledger.statuses(&ids).await.map_err(|e| e.to_string())?;
+        for (id, status) in finals {
+            report.redis_final += 1;
+            let want = if status == OrderStatus::Confirmed { Status::Confirmed } else { Status::Failed };
+            match in_ledger.get(&id) {
+                None => {
+                    report.missing_in_ledger += 1;
+                    report.example("missing in the ledger", &id.to_string());
+                }
+                Some((got, _)) if *got != want => {
+                    report.status_mismatch += 1;
+                    report.example("status differs", &id.to_string());
+                }
+                Some(_) => {}
+            }
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    let mut after = None;
+    loop {
+        let page = ledger.page(event, after, 1000).await.map_err(|e| e.to_string())?;
+        let ids: Vec<String> = page.iter().map(|o| o.order_id.to_string()).collect();
+        let named: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let records = order::load_many(conn, &keys, &named).await.map_err(|e| e.to_string())?;
+        for (row, record) in page.iter().zip(records) {
+            report.ledger_orders += 1;
+            match record {
+                None => {
+                    report.missing_in_redis += 1;
+                    report.example("unknown to Redis", &row.order_id.to_string());
+                }
+                Some(record) if record.status == OrderStatus::Pending => report.ahead_of_redis += 1,
+                Some(_) => {}
+            }
+        }
+        if page.len() < 1000 {
+            break;
+        }
+        after = page.last().map(|o| o.order_id);
+    }
+    Ok(report)
+}
+
+pub async fn check(config: &crate::Config, event: &str, drained: bool, with_ledger: bool) -> ExitCode {
+    let redis = &config.redis;
     let event = match EventId::parse(event) {
         Ok(event) => event,
         Err(error) => {
@@ -25,11 +146,32 @@ pub async fn check(redis: &RedisArgs, event: &str, drained: bool) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let report = async {
-        let mut conn = connect(redis).await?;
-        audit::audit(&mut conn, &event).await
+    let mut conn = match connect(redis).await {
+        Ok(conn) => conn,
+        Err(error) => {
+            eprintln!("flashsale-worker check: {error}");
+            return ExitCode::from(2);
+        }
     };
-    match report.await {
+    let comparison = if with_ledger {
+        let ledger = match flashsale_ledger::Ledger::new(&config.ledger) {
+            Ok(ledger) => ledger,
+            Err(error) => {
+                eprintln!("flashsale-worker check: {error}");
+                return ExitCode::from(2);
+            }
+        };
+        match compare(&mut conn, &ledger, &event).await {
+            Ok(comparison) => Some(comparison),
+            Err(error) => {
+                eprintln!("flashsale-worker check --ledger: {error}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        None
+    };
+    match audit::audit(&mut conn, &event).await {
         Ok(Some(report)) if !report.consistent => {
             let json = serde_json::json!({"event": event.as_str(), "consistent": false, "books": report,
                 "violations": report.violations(drained)});
@@ -38,12 +180,16 @@ pub async fn check(redis: &RedisArgs, event: &str, drained: bool) -> ExitCode {
             ExitCode::from(2)
         }
         Ok(Some(report)) => {
-            let violations = report.violations(drained);
+            let mut violations = report.violations(drained);
+            if let Some(comparison) = &comparison {
+                violations.extend(comparison.violations(drained, report.orders_parked));
+            }
             let json = serde_json::json!({
                 "event": event.as_str(),
                 "balanced": violations.is_empty(),
                 "violations": violations,
                 "books": report,
+                "ledger": comparison,
             });
             println!("{}", serde_json::to_string_pretty(&json).unwrap_or_default());
             if violations.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }

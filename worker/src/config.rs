@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use flashsale_ledger::LedgerArgs;
 use flashsale_shared::config::{LogArgs, RedisArgs};
 
 #[derive(Debug, clap::Parser)]
@@ -30,7 +31,12 @@ pub enum Command {
         /// waiting entry.
         #[arg(long)]
         drained: bool,
+        /// Also compare Redis and the ledger order by order, in both directions.
+        #[arg(long)]
+        ledger: bool,
     },
+    /// Apply the ledger's migrations and exit (the worker also applies them at start-up).
+    Migrate,
     /// List and resolve dead letters: entries the worker could not finalize. A parked one's
     /// order stays pending, its units held, until it is redriven or failed here.
     DeadLetters {
@@ -80,6 +86,9 @@ pub const DEFAULT_STATS_INTERVAL_MS: u64 = 1_000;
 pub struct Config {
     #[command(flatten)]
     pub redis: RedisArgs,
+
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
 
     #[command(flatten)]
     pub log: LogArgs,
@@ -134,10 +143,21 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
     pub trim_interval_ms: u64,
 
+    /// For tests only: `crash-after-ledger-write` makes the process abort right after its
+    /// first committed ledger write, before Redis acknowledges anything (a crash between the
+    /// two steps, on demand).
+    #[arg(long, env = "FLASHSALE_FAILPOINT", hide = true)]
+    pub failpoint: Option<Failpoint>,
+
     /// How often stream and stock gauges are refreshed, 10-600000 ms.
     #[arg(long, env = "STATS_INTERVAL_MS", default_value_t = DEFAULT_STATS_INTERVAL_MS,
           value_parser = clap::value_parser!(u64).range(10..=600_000))]
     pub stats_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Failpoint {
+    CrashAfterLedgerWrite,
 }
 
 fn parse_consumer_name(name: &str) -> Result<String, String> {
@@ -149,9 +169,10 @@ fn parse_consumer_name(name: &str) -> Result<String, String> {
 
 impl Config {
     /// Defaults for everything but Redis (used by tests and embedders).
-    pub fn new(redis: RedisArgs) -> Self {
+    pub fn new(redis: RedisArgs, ledger: LedgerArgs) -> Self {
         Self {
             redis,
+            ledger,
             log: LogArgs::default(),
             metrics_addr: DEFAULT_METRICS_ADDR.parse().expect("a valid default address"),
             consumer_name: None,
@@ -163,6 +184,7 @@ impl Config {
             discovery_interval_ms: DEFAULT_DISCOVERY_INTERVAL_MS,
             trim_interval_ms: DEFAULT_TRIM_INTERVAL_MS,
             stats_interval_ms: DEFAULT_STATS_INTERVAL_MS,
+            failpoint: None,
         }
     }
 

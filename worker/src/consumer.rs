@@ -19,13 +19,14 @@ use std::sync::Arc;
 
 use flashsale_shared::dead_letter::PARKED_REASON;
 use flashsale_shared::shutdown::Ticker;
-use flashsale_shared::stream::{self, Delivered, EntryOutcome};
+use flashsale_shared::stream::{self, Delivered, Entry, EntryOutcome, ToFinalize};
 use flashsale_shared::{EventId, EventKeys};
 use redis::{RedisError, RedisResult};
 use tokio::sync::watch;
 
 use crate::Ctx;
 use crate::failure::Streak;
+use crate::ledger::{self, Blocked};
 
 /// One event's stream, as the loops need it.
 #[derive(Debug, Clone)]
@@ -90,31 +91,53 @@ pub(crate) async fn consume_loop(ctx: Arc<Ctx>) {
             streak.succeeded();
             continue;
         }
-        let mut failed = None;
-        let mut retry = false;
-        for batch in &batches {
-            match finalize_entries(&ctx, &streams[batch.stream], &batch.ids).await {
-                Ok(Finalized::All) => {}
-                Ok(Finalized::SomeRetry) => retry = true,
-                Err(error) => failed = Some(error),
-            }
-        }
-        if let Some(error) = failed {
-            // What failed stays in our pending list; pick it up again before anything new.
-            own_pending = true;
-            streak.failed(&ctx, &error).await;
-            streak.pause(&ctx).await;
-        } else {
-            streak.succeeded();
-            if retry {
-                // An entry broke the script (its attempt is counted): try again shortly,
-                // without spinning.
-                own_pending = true;
-                tokio::select! {
-                    () = ctx.stop.cancelled() => {}
-                    () = tokio::time::sleep(crate::failure::backoff(1)) => {}
+        // Finalize what was read. While the ledger cannot be written the batch stays in hand:
+        // nothing new is read, the entries are kept from claimers, and the write is retried
+        // with a capped backoff for as long as it takes.
+        let mut ledger_down = Streak::new("ledger");
+        let mut kept_at = std::time::Instant::now();
+        loop {
+            match finalize_all(&ctx, &streams, &batches).await {
+                Ok(Finalized::All) => {
+                    streak.succeeded();
+                    ledger_down.succeeded();
+                }
+                Ok(Finalized::SomeRetry) => {
+                    streak.succeeded();
+                    ledger_down.succeeded();
+                    // An entry broke the script (its attempt is counted): try it again shortly,
+                    // without spinning.
+                    own_pending = true;
+                    tokio::select! {
+                        () = ctx.stop.cancelled() => {}
+                        () = tokio::time::sleep(crate::failure::backoff(1)) => {}
+                    }
+                }
+                Err(Blocked::Redis(error)) => {
+                    // What failed stays in our pending list; pick it up again before anything new.
+                    own_pending = true;
+                    streak.failed(&ctx, &error).await;
+                    streak.pause(&ctx).await;
+                }
+                Err(Blocked::Ledger(why)) => {
+                    ledger_down.ledger_failed(&ctx, &why);
+                    // Never wait longer than the keep interval, or a claimer could take them.
+                    let wait = ledger_down.backoff().min(keep_interval(&ctx));
+                    tokio::select! {
+                        () = ctx.stop.cancelled() => {}
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                    if ctx.stop.is_cancelled() {
+                        break;
+                    }
+                    if kept_at.elapsed() >= keep_interval(&ctx) {
+                        keep_held(&ctx, &streams, &batches).await;
+                        kept_at = std::time::Instant::now();
+                    }
+                    continue;
                 }
             }
+            break;
         }
     }
     tracing::info!("consumer loop stopped");
@@ -128,10 +151,43 @@ async fn read_own_pending(ctx: &Ctx, streams: &[EventStream]) -> RedisResult<Vec
     for (index, s) in streams.iter().enumerate() {
         let ids = stream::own_pending(&mut conn, &s.keys, &ctx.consumer, ctx.config.batch_size).await?;
         if !ids.is_empty() {
-            batches.push(Delivered { stream: index, ids });
+            let entries = stream::describe(&mut conn, &s.keys, &ids).await?;
+            batches.push(Delivered { stream: index, entries });
         }
     }
     Ok(batches)
+}
+
+/// Finalizes every batch; stops at the first one that is blocked (the rest are retried with
+/// it, which changes nothing for those already done).
+async fn finalize_all(
+    ctx: &Ctx,
+    streams: &[EventStream],
+    batches: &[Delivered],
+) -> Result<Finalized, Blocked> {
+    let mut result = Finalized::All;
+    for batch in batches {
+        if finalize_entries(ctx, &streams[batch.stream], &batch.entries).await? == Finalized::SomeRetry {
+            result = Finalized::SomeRetry;
+        }
+    }
+    Ok(result)
+}
+
+/// Held entries are re-claimed by their holder this often, well within `CLAIM_MIN_IDLE_MS`.
+fn keep_interval(ctx: &Ctx) -> std::time::Duration {
+    crate::config::ms(ctx.config.claim_min_idle_ms / 3)
+}
+
+/// Resets the idle time of every entry in hand, so no other worker claims them meanwhile.
+async fn keep_held(ctx: &Ctx, streams: &[EventStream], batches: &[Delivered]) {
+    let mut conn = ctx.redis.get();
+    for batch in batches {
+        let ids: Vec<String> = batch.entries.iter().map(|e| e.id.clone()).collect();
+        if let Err(error) = stream::keep(&mut conn, &streams[batch.stream].keys, &ctx.consumer, &ids).await {
+            tracing::debug!(%error, "could not keep held entries; a claimer may take them (harmless)");
+        }
+    }
 }
 
 /// Blocks for new entries on a pooled connection of its own (a blocking read parks its
@@ -169,15 +225,23 @@ async fn read_new(
     }
 }
 
-/// Finalizes entries of one stream and records what happened. An error is Redis's (the
-/// script catches what an entry causes), so the entries stay pending, uncounted, for a retry.
+/// Records the entries' orders in the ledger, then finalizes them in Redis, and records what
+/// happened. An error is Redis's or the ledger's being unavailable (the script catches what an
+/// entry causes; an order the ledger refuses is passed on as that entry's failed attempt), so
+/// the entries stay pending, uncounted, for a retry.
 pub(crate) async fn finalize_entries(
     ctx: &Ctx,
     stream: &EventStream,
-    ids: &[String],
-) -> RedisResult<Finalized> {
+    entries: &[Entry],
+) -> Result<Finalized, Blocked> {
+    let refused = ledger::record(ctx, stream, entries).await?;
+    let items: Vec<ToFinalize<'_>> = entries
+        .iter()
+        .zip(&refused)
+        .map(|(entry, refused)| ToFinalize { ledger_error: refused.as_deref(), ..ToFinalize::of(entry) })
+        .collect();
     let mut conn = ctx.redis.get();
-    let done = stream::finalize(&mut conn, &stream.keys, ids, ctx.config.max_deliveries).await?;
+    let done = stream::finalize(&mut conn, &stream.keys, &items, ctx.config.max_deliveries).await?;
     Ok(record(ctx, stream, &done))
 }
 
@@ -220,6 +284,10 @@ pub(crate) async fn claim_loop(ctx: Arc<Ctx>) {
     let mut ticker = Ticker::new(crate::config::ms(ctx.config.claim_interval_ms), ctx.stop.clone());
     let mut streak = Streak::new("claim");
     while ticker.tick().await {
+        if !ctx.ledger_up.load(std::sync::atomic::Ordering::Acquire) {
+            // Claimed entries could not be recorded either: leave them where they are.
+            continue;
+        }
         let streams = ctx.streams.borrow().clone();
         let mut result = Ok(());
         for stream in streams.iter() {
@@ -252,8 +320,13 @@ async fn claim_stream(ctx: &Ctx, stream: &EventStream) -> RedisResult<()> {
         if !claimed.ids.is_empty() {
             ctx.metrics.claimed.increment(claimed.ids.len() as u64);
             tracing::info!(event = %stream.event, count = claimed.ids.len(), "claimed idle entries");
-            // Entries that fail here are ours now and come back through our own pending list.
-            finalize_entries(ctx, stream, &claimed.ids).await?;
+            let entries = stream::describe(&mut conn, &stream.keys, &claimed.ids).await?;
+            // Entries that fail here are ours now: they are claimed again once idle.
+            match finalize_entries(ctx, stream, &entries).await {
+                Ok(_) => {}
+                Err(Blocked::Redis(error)) => return Err(error),
+                Err(Blocked::Ledger(_)) => return Ok(()),
+            }
         }
         match claimed.next {
             Some(next) if !ctx.stop.is_cancelled() => cursor = next,

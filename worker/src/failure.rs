@@ -47,6 +47,26 @@ impl Streak {
         }
     }
 
+    /// Records a failed ledger call by the same policy (its own counter).
+    pub(crate) fn ledger_failed(&mut self, ctx: &Ctx, why: &str) {
+        self.failures = self.failures.saturating_add(1);
+        ctx.metrics.ledger_errors.increment(1);
+        if self.failures == 1 {
+            tracing::warn!(
+                error = why,
+                loop_ = self.what,
+                "the ledger is unavailable: holding the batch, reading nothing new, retrying"
+            );
+        } else {
+            tracing::debug!(
+                error = why,
+                loop_ = self.what,
+                failures = self.failures,
+                "ledger still unavailable"
+            );
+        }
+    }
+
     /// Records a call that worked; logs the recovery once after a streak.
     pub(crate) fn succeeded(&mut self) {
         if self.failures > 0 {

@@ -25,6 +25,7 @@ pub mod consumer;
 pub mod dead_letters;
 pub mod discovery;
 mod failure;
+mod ledger;
 mod maintenance;
 pub mod metrics;
 
@@ -49,6 +50,10 @@ pub(crate) struct Ctx {
     consumer: String,
     /// The shared multiplexed connection, for every non-blocking command.
     redis: Redis,
+    /// The system of record: every order is written here before Redis acknowledges it.
+    ledger: flashsale_ledger::Ledger,
+    /// Whether the last ledger call worked: while it does not, nothing new is read or claimed.
+    ledger_up: std::sync::atomic::AtomicBool,
     /// Connections for blocking reads, whose response timeout exceeds the BLOCK time.
     blocking: bb8::Pool<BlockingReads>,
     metrics: Arc<WorkerMetrics>,
@@ -99,8 +104,14 @@ pub async fn run(
     metrics_listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    if config.ledger.database_url.is_none() {
+        return Err(std::io::Error::other(
+            "DATABASE_URL is required: the worker records every order in the ledger before acknowledging it",
+        ));
+    }
     let consumer = config.consumer();
     let redis = Redis::new(&config.redis).map_err(std::io::Error::other)?;
+    let ledger = flashsale_ledger::Ledger::new(&config.ledger).map_err(std::io::Error::other)?;
     let blocking = bb8::Pool::builder()
         .max_size(2)
         .connection_timeout(config.redis.timeout())
@@ -109,13 +120,16 @@ pub async fn run(
                 .map_err(std::io::Error::other)?,
             response_timeout: config.block() + config.redis.timeout(),
         });
-    let metrics = Arc::new(WorkerMetrics::new());
+    let idle = flashsale_shared::telemetry::GAUGE_IDLE.max(config::ms(config.stats_interval_ms) * 3);
+    let metrics = Arc::new(WorkerMetrics::with_gauge_idle(idle));
     let stop = CancellationToken::new();
     let (streams_tx, streams_rx) = watch::channel(Arc::new(Vec::new()));
     let ctx = Arc::new(Ctx {
         config,
         consumer: consumer.clone(),
         redis,
+        ledger,
+        ledger_up: std::sync::atomic::AtomicBool::new(false),
         blocking,
         metrics: metrics.clone(),
         streams: streams_rx,
@@ -124,6 +138,7 @@ pub async fn run(
     tracing::info!(
         consumer = %consumer,
         redis = %ctx.config.redis.redis_url,
+        ledger = %ctx.config.ledger.database_url.as_ref().map(ToString::to_string).unwrap_or_default(),
         metrics = %metrics_listener.local_addr()?,
         "flashsale-worker starting"
     );
@@ -139,6 +154,7 @@ pub async fn run(
     tasks.spawn(discovery::discovery_loop(ctx.clone(), streams_tx));
     tasks.spawn(maintenance::stats_loop(ctx.clone()));
     tasks.spawn(maintenance::trim_loop(ctx.clone()));
+    tasks.spawn(ledger::ledger_loop(ctx.clone()));
     let server_stop = stop.clone();
     tasks.spawn(async move {
         let server = axum::serve(metrics_listener, metrics::router(metrics))
@@ -160,4 +176,19 @@ pub async fn run(
     }
     tracing::info!("flashsale-worker stopped");
     Ok(())
+}
+
+/// `flashsale-worker migrate`: applies the ledger's migrations and exits (0 on success).
+pub async fn migrate(config: &Config) -> std::process::ExitCode {
+    let applied = async { flashsale_ledger::Ledger::new(&config.ledger)?.migrate().await };
+    match applied.await {
+        Ok(applied) => {
+            println!("{}", serde_json::json!({"migrations_applied": applied}));
+            std::process::ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("flashsale-worker migrate: {error}");
+            std::process::ExitCode::from(2)
+        }
+    }
 }

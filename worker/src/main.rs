@@ -25,9 +25,10 @@ async fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     match command {
-        Command::Check { event, drained } => {
-            flashsale_worker::check::check(&config.redis, &event, drained).await
+        Command::Check { event, drained, ledger } => {
+            flashsale_worker::check::check(&config, &event, drained, ledger).await
         }
+        Command::Migrate => flashsale_worker::migrate(&config).await,
         Command::DeadLetters { command } => flashsale_worker::dead_letters::run(&config.redis, command).await,
         Command::Run => {
             let listener = match tokio::net::TcpListener::bind(config.metrics_addr).await {

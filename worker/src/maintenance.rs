@@ -73,6 +73,36 @@ async fn upkeep(ctx: &Ctx) -> RedisResult<()> {
             ctx.metrics.purged.increment(1);
             tracing::info!(event = %s.event, "retention over: idempotency entries and user totals removed");
         }
+        if event::is_purged(&mut conn, &s.keys).await? {
+            leave_redis(ctx, &mut conn, &s.event).await?;
+        }
+    }
+    Ok(())
+}
+
+/// An event past its retention leaves Redis once every one of its orders is in the ledger and
+/// nothing waits (see `lua/remove_event.lua`): Redis does not grow with every sale ever held.
+/// From then on the ledger alone answers for it (the gateway reads it there).
+async fn leave_redis(
+    ctx: &Ctx,
+    conn: &mut redis::aio::ConnectionManager,
+    id: &flashsale_shared::EventId,
+) -> RedisResult<()> {
+    let ledger_orders = match ctx.ledger.count_orders(id).await {
+        Ok(count) => count,
+        // The ledger is down: the event simply stays until it answers.
+        Err(_) => return Ok(()),
+    };
+    match event::remove(conn, id, ledger_orders).await? {
+        event::Removal::Removed => {
+            ctx.metrics.events_removed.increment(1);
+            ctx.metrics.forget_event(id);
+            if let Err(error) = ctx.ledger.mark_left_redis(id).await {
+                tracing::warn!(%error, event = %id, "could not note in the ledger that the event left Redis");
+            }
+            tracing::info!(event = %id, ledger_orders, "sale over and recorded: the event left Redis");
+        }
+        event::Removal::Kept(why) => tracing::debug!(event = %id, why, "the event stays in Redis for now"),
     }
     Ok(())
 }

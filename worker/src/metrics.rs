@@ -8,7 +8,8 @@
 //! - `flashsale_finalize_failures_total`: finalize attempts an entry made fail (counted
 //!   towards `MAX_DELIVERIES`; Redis faults are not among them).
 //! - `flashsale_events_purged_total`: events whose idempotency entries and user totals were
-//!   removed after their retention.
+//!   removed after their retention; `flashsale_events_removed_total`: events that left Redis
+//!   (every order in the ledger), whose `{event}` series then disappear.
 //! - `flashsale_entries_skipped_total`: entries already finished elsewhere (redeliveries).
 //! - `flashsale_entries_claimed_total`: entries taken over from idle consumers.
 //! - `flashsale_finalize_lag_seconds`: reservation to confirmation.
@@ -18,6 +19,11 @@
 //!   `{event}`: each event's units; `flashsale_event_dead_letters{event}`: its unresolved
 //!   dead letters.
 //! - `flashsale_worker_redis_errors_total`: failed Redis calls (retried).
+//! - `flashsale_ledger_up`: 1 while the ledger (PostgreSQL) answers; `flashsale_ledger_errors_total`
+//!   failed ledger calls (retried); `flashsale_ledger_write_seconds` the time of one batch's
+//!   write; `flashsale_ledger_lag_seconds` reservation (202) to recorded in the ledger.
+//! - `flashsale_ledger_drift_units{event}`: Redis's confirmed units minus the ledger's (0 when
+//!   they agree; briefly negative while a recorded batch is being confirmed in Redis).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -41,11 +47,16 @@ pub struct WorkerMetrics {
     dead_lettered: HashMap<&'static str, Counter>,
     pub finalize_failures: Counter,
     pub purged: Counter,
+    pub events_removed: Counter,
     pub skipped: Counter,
     pub claimed: Counter,
     pub redis_errors: Counter,
     pub trimmed: Counter,
     pub finalize_lag: Histogram,
+    pub ledger_up: Gauge,
+    pub ledger_errors: Counter,
+    pub ledger_write: Histogram,
+    pub ledger_lag: Histogram,
     pub stream_pending: Gauge,
     pub stream_backlog: Gauge,
     per_event: Mutex<HashMap<EventId, EventGauges>>,
@@ -57,11 +68,25 @@ pub struct EventGauges {
     pub remaining: Gauge,
     pub confirmed: Gauge,
     pub dead_letters: Gauge,
+    pub drift: Gauge,
 }
 
 impl WorkerMetrics {
     pub fn new() -> Self {
-        let registry = Metrics::new(&[("flashsale_finalize_lag_seconds", LAG_BUCKETS)]);
+        Self::with_gauge_idle(flashsale_shared::telemetry::GAUGE_IDLE)
+    }
+
+    /// `idle`: how long a gauge may go without an update before its series disappears (above
+    /// every interval at which the worker sets its gauges).
+    pub fn with_gauge_idle(idle: std::time::Duration) -> Self {
+        let registry = Metrics::with_gauge_idle(
+            &[
+                ("flashsale_finalize_lag_seconds", LAG_BUCKETS),
+                ("flashsale_ledger_lag_seconds", LAG_BUCKETS),
+                ("flashsale_ledger_write_seconds", flashsale_shared::telemetry::LATENCY_BUCKETS),
+            ],
+            idle,
+        );
         Self {
             finalized: registry.counter(
                 "flashsale_orders_finalized_total",
@@ -83,6 +108,11 @@ impl WorkerMetrics {
             finalize_failures: registry.counter(
                 "flashsale_finalize_failures_total",
                 "Finalize attempts that failed because of the entry (counted towards MAX_DELIVERIES).",
+                &[],
+            ),
+            events_removed: registry.counter(
+                "flashsale_events_removed_total",
+                "Ended events whose every order is in the ledger and whose keys left Redis.",
                 &[],
             ),
             purged: registry.counter(
@@ -115,6 +145,22 @@ impl WorkerMetrics {
                 "Time from reservation (202) to confirmation.",
                 &[],
             ),
+            ledger_up: registry.gauge("flashsale_ledger_up", "1 while the ledger (PostgreSQL) answers.", &[]),
+            ledger_errors: registry.counter(
+                "flashsale_ledger_errors_total",
+                "Failed ledger calls (the work is retried; no order is counted against).",
+                &[],
+            ),
+            ledger_write: registry.histogram(
+                "flashsale_ledger_write_seconds",
+                "Time to record one batch of orders in the ledger.",
+                &[],
+            ),
+            ledger_lag: registry.histogram(
+                "flashsale_ledger_lag_seconds",
+                "Time from reservation (202) to the order being recorded in the ledger.",
+                &[],
+            ),
             stream_pending: registry.gauge(
                 "flashsale_stream_pending",
                 "Entries delivered to a worker but not acknowledged, over all events.",
@@ -139,6 +185,13 @@ impl WorkerMetrics {
         }
     }
 
+    /// Stops updating an event's gauges: the registry drops their series once they have been
+    /// idle for [`flashsale_shared::telemetry::GAUGE_IDLE`].
+    pub fn forget_event(&self, event: &EventId) {
+        let mut map = self.per_event.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(event);
+    }
+
     /// The gauges of one event, registered the first time the event is seen.
     pub fn event(&self, event: &EventId) -> EventGauges {
         let mut map = self.per_event.lock().unwrap_or_else(|p| p.into_inner());
@@ -155,6 +208,11 @@ impl WorkerMetrics {
                     confirmed: self.registry.gauge(
                         "flashsale_event_confirmed",
                         "Units in orders finalized by the workers.",
+                        &labels,
+                    ),
+                    drift: self.registry.gauge(
+                        "flashsale_ledger_drift_units",
+                        "Redis's confirmed units minus the ledger's.",
                         &labels,
                     ),
                     dead_letters: self.registry.gauge(

@@ -124,6 +124,21 @@ pub struct EventView {
 }
 
 impl EventView {
+    /// An event that left Redis: its sale is over, and the ledger has every order.
+    fn from_ledger(event: flashsale_ledger::LedgerEvent) -> Self {
+        Self {
+            event_id: event.event_id,
+            name: event.name,
+            stock: event.stock,
+            remaining: event.stock.saturating_sub(event.confirmed_units),
+            confirmed: event.confirmed_units,
+            per_user_limit: event.per_user_limit,
+            starts_at: event.starts_at,
+            ends_at: event.ends_at,
+            state: EventState::Ended,
+        }
+    }
+
     fn new(id: &EventId, snapshot: EventSnapshot) -> Self {
         let state = snapshot.state();
         let EventSnapshot { config, remaining, confirmed, .. } = snapshot;
@@ -141,12 +156,14 @@ impl EventView {
     }
 }
 
+/// The event from Redis, or from the ledger once it has left Redis.
 async fn load(state: &AppState, id: &EventId) -> Result<EventView, ApiError> {
-    let snapshot = state
-        .redis(false, |mut conn| async move { event::load(&mut conn, id).await })
-        .await?
-        .ok_or(ApiError::EventNotFound)?;
-    Ok(EventView::new(id, snapshot))
+    let snapshot = state.redis(false, |mut conn| async move { event::load(&mut conn, id).await }).await?;
+    if let Some(snapshot) = snapshot {
+        return Ok(EventView::new(id, snapshot));
+    }
+    let recorded = state.ledger(|ledger| async move { ledger.event(id).await }).await?.flatten();
+    recorded.filter(|e| e.left_redis_at.is_some()).map(EventView::from_ledger).ok_or(ApiError::EventNotFound)
 }
 
 /// Create or replace an event (admin).
@@ -180,6 +197,16 @@ pub async fn put_event(
 ) -> Result<Response, ApiError> {
     let id = super::event_id(event_id)?;
     let config = body.validate()?;
+    // An event that left Redis had sales: it cannot be created again under its id.
+    let recorded = state
+        .ledger(|ledger| {
+            let id = id.clone();
+            async move { ledger.event(&id).await }
+        })
+        .await?;
+    if recorded.flatten().is_some_and(|e| e.left_redis_at.is_some()) {
+        return Err(ApiError::EventConflict);
+    }
     let retention = state.idempotency_retention();
     let (id_ref, config) = (&id, &config);
     let outcome = state

@@ -50,6 +50,21 @@ impl OrderView {
         }
     }
 
+    /// An order as the ledger recorded it.
+    pub fn from_ledger(order: flashsale_ledger::LedgerOrder) -> Self {
+        let confirmed = order.status == flashsale_ledger::Status::Confirmed;
+        Self {
+            order_id: order.order_id.to_string(),
+            event_id: order.event_id,
+            user_id: order.user_id,
+            quantity: order.quantity,
+            status: if confirmed { OrderStatus::Confirmed } else { OrderStatus::Failed },
+            created_at: order.created_at,
+            confirmed_at: order.finalized_at.filter(|_| confirmed),
+            failed_at: order.finalized_at.filter(|_| !confirmed),
+        }
+    }
+
     /// Where the order can be polled (the `Location` of a 202).
     pub fn location(&self) -> String {
         format!("/v1/events/{}/orders/{}", self.event_id, self.order_id)
@@ -90,6 +105,17 @@ pub async fn get_order(
     let keys = EventKeys::new(&event);
     let order =
         state.redis(false, |mut conn| async move { order::load(&mut conn, &keys, order_id).await }).await?;
-    let order = order.ok_or(ApiError::OrderNotFound)?;
-    Ok(Json(OrderView::new(&event, order_id, order)))
+    if let Some(order) = order {
+        return Ok(Json(OrderView::new(&event, order_id, order)));
+    }
+    // Not in Redis: its event may have left Redis, and the ledger holds every one of its orders.
+    let uuid = order_id.as_uuid();
+    let recorded = state
+        .ledger(|ledger| {
+            let event = event.clone();
+            async move { ledger.order(&event, uuid).await }
+        })
+        .await?;
+    let order = recorded.flatten().ok_or(ApiError::OrderNotFound)?;
+    Ok(Json(OrderView::from_ledger(order)))
 }

@@ -10,6 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 pub struct TestApp {
     pub redis: RedisServer,
+    /// The worker's ledger, once a worker runs.
+    pub ledger: Option<testkit::Postgres>,
     pub api: Api,
     stop: CancellationToken,
 }
@@ -45,13 +47,18 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut flashsale_api::Config)) -> 
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     let stop = CancellationToken::new();
     tokio::spawn(flashsale_api::run(listener, config, stop.clone().cancelled_owned()));
-    TestApp { redis, api: Api::new(&base), stop }
+    TestApp { redis, ledger: None, api: Api::new(&base), stop }
 }
 
 impl TestApp {
     /// Starts an in-process worker that stops with the app.
-    pub async fn start_worker(&self) {
-        let mut config = flashsale_worker::Config::new(RedisArgs::new(&self.redis.url()).expect("valid URL"));
+    pub async fn start_worker(&mut self) {
+        let ledger = testkit::Postgres::start();
+        let mut config = flashsale_worker::Config::new(
+            RedisArgs::new(&self.redis.url()).expect("valid URL"),
+            flashsale_ledger::LedgerArgs::new(&ledger.url()).expect("valid URL"),
+        );
+        self.ledger = Some(ledger);
         config.consumer_name = Some("test-worker".into());
         config.discovery_interval_ms = 50;
         config.block_ms = 100;

@@ -4,7 +4,7 @@ use crate::helpers::spawn_app;
 
 #[tokio::test]
 async fn an_order_goes_from_pending_to_confirmed_and_replays_show_it() {
-    let app = spawn_app().await;
+    let mut app = spawn_app().await;
     app.api.create_event("drop", 3, 1).await;
     let placed = app.api.purchase("drop", "alice", 1, Some("k")).await;
     let order_id = placed.body["order_id"].as_str().unwrap().to_owned();

@@ -71,3 +71,19 @@ pub async fn buy_until_known(api: &Api, event: &str, user: &str, timeout: Durati
 pub fn counter(metrics: &str, name: &str) -> f64 {
     metric_value(metrics, name, &[]).unwrap_or_else(|| panic!("{name} missing from:\n{metrics}"))
 }
+
+/// `flashsale-worker check --event E --drained --ledger` must pass: the books balance and Redis
+/// and the ledger agree order by order.
+pub async fn check_ledger(redis_url: &str, database_url: &str, event: &str) -> serde_json::Value {
+    let (status, out) = testkit::run_to_exit(
+        "flashsale-worker",
+        &[("REDIS_URL", redis_url), ("DATABASE_URL", database_url)],
+        &["check", "--event", event, "--drained", "--ledger"],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(status.success(), "check --ledger: {out}");
+    // The report is the first JSON value printed (log lines, on stderr, follow it).
+    let json = out.find('{').map(|at| &out[at..]).unwrap_or("null");
+    serde_json::Deserializer::from_str(json).into_iter().next().and_then(Result::ok).unwrap_or_default()
+}

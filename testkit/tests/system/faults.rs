@@ -85,15 +85,16 @@ async fn interrupt_while_holding(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_worker_killed_mid_batch_loses_and_doubles_nothing() {
     let redis = RedisServer::start();
+    let pg = testkit::Postgres::start();
     let _gateway = backlog(&redis, "drop", 3000).await;
     let mut conn = redis.conn().await;
     let slow = [FAST_WORKER, &[("BATCH_SIZE", "10")]].concat();
-    let mut a = Worker::start(&redis.url(), "worker-a", &slow).await;
+    let mut a = Worker::start(&redis.url(), &pg.url(), "worker-a", &slow).await;
     let held = interrupt_while_holding(&mut a, &mut conn, "drop", "worker-a", Signal::SIGKILL).await;
     assert!(!a.wait_exit(Duration::from_secs(5)).await.success(), "SIGKILL is not a clean exit");
 
     // Another worker takes over, and the killed one comes back under its own name.
-    let b = Worker::start(&redis.url(), "worker-b", FAST_WORKER).await;
+    let b = Worker::start(&redis.url(), &pg.url(), "worker-b", FAST_WORKER).await;
     a.restart().await;
     let books = wait_drained(&redis.url(), "drop", Duration::from_secs(30)).await;
     assert_eq!((books.units_confirmed, books.confirmed_counter, books.remaining), (3000, 3000, 0));
@@ -111,13 +112,14 @@ async fn a_worker_killed_mid_batch_loses_and_doubles_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stopped_worker_is_claimed_from_and_its_late_batch_changes_nothing() {
     let redis = RedisServer::start();
+    let pg = testkit::Postgres::start();
     let _gateway = backlog(&redis, "drop", 3000).await;
     let mut conn = redis.conn().await;
     let knobs = [FAST_WORKER, &[("BATCH_SIZE", "50"), ("CLAIM_MIN_IDLE_MS", "800")]].concat();
-    let mut a = Worker::start(&redis.url(), "worker-a", &knobs).await;
+    let mut a = Worker::start(&redis.url(), &pg.url(), "worker-a", &knobs).await;
     let held = interrupt_while_holding(&mut a, &mut conn, "drop", "worker-a", Signal::SIGSTOP).await;
 
-    let b = Worker::start(&redis.url(), "worker-b", &knobs).await;
+    let b = Worker::start(&redis.url(), &pg.url(), "worker-b", &knobs).await;
     let books = wait_drained(&redis.url(), "drop", Duration::from_secs(30)).await;
     assert_eq!(books.units_confirmed, 3000);
     assert!(counter(&b.metrics().await, "flashsale_entries_claimed_total") > 0.0, "b claimed a's {held}");
@@ -143,6 +145,7 @@ async fn a_stopped_worker_is_claimed_from_and_its_late_batch_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_entry_is_dead_lettered_and_the_orders_around_it_confirmed() {
     let redis = RedisServer::start();
+    let pg = testkit::Postgres::start();
     let gateway = Gateway::start(&redis.url(), &[]).await;
     let api = gateway.api();
     api.create_event("drop", 40, 1).await;
@@ -170,7 +173,7 @@ async fn a_malformed_entry_is_dead_lettered_and_the_orders_around_it_confirmed()
         assert_eq!(api.purchase("drop", user, 1, None).await.status, StatusCode::ACCEPTED);
     }
 
-    let worker = Worker::start(&redis.url(), "worker-a", FAST_WORKER).await;
+    let worker = Worker::start(&redis.url(), &pg.url(), "worker-a", FAST_WORKER).await;
     let books = wait_drained(&redis.url(), "drop", Duration::from_secs(20)).await;
     assert_eq!((books.units_confirmed, books.orders_failed), (20, 0));
     let dead: Vec<(String, Vec<(String, String)>)> =
@@ -193,6 +196,7 @@ async fn a_malformed_entry_is_dead_lettered_and_the_orders_around_it_confirmed()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entry_delivered_many_times_by_a_dying_consumer_is_still_confirmed() {
     let redis = RedisServer::start();
+    let pg = testkit::Postgres::start();
     let gateway = Gateway::start(&redis.url(), &[]).await;
     let api = gateway.api();
     api.create_event("drop", 1, 1).await;
@@ -218,7 +222,7 @@ async fn an_entry_delivered_many_times_by_a_dying_consumer_is_still_confirmed() 
             .unwrap();
     }
     let knobs = [FAST_WORKER, &[("CLAIM_MIN_IDLE_MS", "200"), ("MAX_DELIVERIES", "5")]].concat();
-    let worker = Worker::start(&redis.url(), "worker-a", &knobs).await;
+    let worker = Worker::start(&redis.url(), &pg.url(), "worker-a", &knobs).await;
     api.wait_order_status("drop", &order_id, "confirmed").await;
     assert_eq!(counter(&worker.metrics().await, "flashsale_entries_claimed_total"), 1.0);
     let books = wait_drained(&redis.url(), "drop", Duration::from_secs(10)).await;
@@ -228,9 +232,10 @@ async fn an_entry_delivered_many_times_by_a_dying_consumer_is_still_confirmed() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_killed_mid_sale_with_aof_always_loses_no_acknowledged_order() {
     let mut redis = RedisServer::start_with(Durability::AofAlways);
+    let pg = testkit::Postgres::start();
     let url = redis.url();
     let gateway = Gateway::start(&url, &[("REDIS_TIMEOUT_MS", "300")]).await;
-    let _worker = Worker::start(&url, "worker-a", FAST_WORKER).await;
+    let _worker = Worker::start(&url, &pg.url(), "worker-a", FAST_WORKER).await;
     let api = gateway.api();
     api.create_event("drop", 300, 1).await;
 
@@ -306,9 +311,11 @@ async fn buyers_recording_every_answer(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_stops_worker_and_gateway_cleanly_under_load() {
     let redis = RedisServer::start();
+    let pg = testkit::Postgres::start();
     let mut gateway = Gateway::start(&redis.url(), &[]).await;
     let mut worker =
-        Worker::start(&redis.url(), "worker-a", &[("BLOCK_MS", "1000"), ("BATCH_SIZE", "20")]).await;
+        Worker::start(&redis.url(), &pg.url(), "worker-a", &[("BLOCK_MS", "1000"), ("BATCH_SIZE", "20")])
+            .await;
     let api = gateway.api();
     api.create_event("drop", 100_000, 1).await;
 
@@ -356,7 +363,7 @@ async fn sigterm_stops_worker_and_gateway_cleanly_under_load() {
     assert!(answered.iter().all(|s| *s == 202), "every answered request was served fully");
 
     // A successor confirms everything the first worker left, including any batch in hand.
-    let _successor = Worker::start(&redis.url(), "worker-b", FAST_WORKER).await;
+    let _successor = Worker::start(&redis.url(), &pg.url(), "worker-b", FAST_WORKER).await;
     let books = wait_drained(&redis.url(), "drop", Duration::from_secs(60)).await;
     assert_eq!(books.units_confirmed, books.accepted_counter, "every accepted order confirmed");
     assert_eq!(books.units_confirmed as usize, answered.len());
@@ -366,10 +373,11 @@ async fn sigterm_stops_worker_and_gateway_cleanly_under_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_gateway_killed_mid_sale_the_other_keeps_selling_correctly() {
     let redis = RedisServer::start();
+    let pg = testkit::Postgres::start();
     let gateways = [Gateway::start(&redis.url(), &[]).await, Gateway::start(&redis.url(), &[]).await];
     let _workers = [
-        Worker::start(&redis.url(), "worker-a", FAST_WORKER).await,
-        Worker::start(&redis.url(), "worker-b", FAST_WORKER).await,
+        Worker::start(&redis.url(), &pg.url(), "worker-a", FAST_WORKER).await,
+        Worker::start(&redis.url(), &pg.url(), "worker-b", FAST_WORKER).await,
     ];
     let apis: Vec<Api> = gateways.iter().map(Gateway::api).collect();
     apis[0].create_event("drop", 300, 1).await;

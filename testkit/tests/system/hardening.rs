@@ -30,6 +30,7 @@ async fn dead_letters(redis: &RedisServer, event: &str) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_full_redis_fails_no_order_and_every_one_is_confirmed_afterwards() {
     let redis = RedisServer::start();
+    let pg = testkit::Postgres::start();
     let gateway = Gateway::start(&redis.url(), &[]).await;
     let api = gateway.api();
     api.create_event("drop", 300, 1).await;
@@ -41,8 +42,8 @@ async fn a_full_redis_fails_no_order_and_every_one_is_confirmed_afterwards() {
     redis.config_set("maxmemory", "1").await;
     let knobs = [FAST_WORKER, &[("CLAIM_MIN_IDLE_MS", "300"), ("BATCH_SIZE", "20")]].concat();
     let workers = [
-        Worker::start(&redis.url(), "worker-a", &knobs).await,
-        Worker::start(&redis.url(), "worker-b", &knobs).await,
+        Worker::start(&redis.url(), &pg.url(), "worker-a", &knobs).await,
+        Worker::start(&redis.url(), &pg.url(), "worker-b", &knobs).await,
     ];
     let full_since = Instant::now();
     // While it is full a purchase answers 503, says why, and changes nothing.
@@ -71,6 +72,7 @@ async fn a_full_redis_fails_no_order_and_every_one_is_confirmed_afterwards() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_worker_that_crash_loops_fails_no_order() {
     let redis = RedisServer::start();
+    let pg = testkit::Postgres::start();
     let gateway = Gateway::start(&redis.url(), &[]).await;
     let api = gateway.api();
     api.create_event("drop", 400, 1).await;
@@ -81,7 +83,7 @@ async fn a_worker_that_crash_loops_fails_no_order() {
     let knobs = [FAST_WORKER, &[("BATCH_SIZE", "5"), ("MAX_DELIVERIES", "1")]].concat();
     let mut conn = redis.conn().await;
     let keys = flashsale_shared::EventKeys::new(&flashsale_shared::EventId::parse("drop").unwrap());
-    let mut worker = Worker::start(&redis.url(), "looping", &knobs).await;
+    let mut worker = Worker::start(&redis.url(), &pg.url(), "looping", &knobs).await;
     let mut kills = 0;
     while kills < 8 {
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -114,6 +116,7 @@ async fn a_worker_that_crash_loops_fails_no_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_parked_order_stays_pending_until_an_operator_redrives_or_fails_it() {
     let redis = RedisServer::start();
+    let pg = testkit::Postgres::start();
     let gateway = Gateway::start(&redis.url(), &[]).await;
     let api = gateway.api();
     api.create_event("drop", 3, 1).await;
@@ -133,7 +136,7 @@ async fn a_parked_order_stays_pending_until_an_operator_redrives_or_fails_it() {
         .await
         .unwrap();
     let knobs = [FAST_WORKER, &[("MAX_DELIVERIES", "2")]].concat();
-    let worker = Worker::start(&redis.url(), "worker-a", &knobs).await;
+    let worker = Worker::start(&redis.url(), &pg.url(), "worker-a", &knobs).await;
     let parked = wait_until(Duration::from_secs(15), "both entries to be parked", || async {
         let letters = dead_letters(&redis, "drop").await;
         (letters.len() == 2).then_some(letters)

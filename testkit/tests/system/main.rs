@@ -8,5 +8,6 @@ mod common;
 
 mod faults;
 mod hardening;
+mod ledger;
 mod sale;
 mod slowlog;

@@ -11,10 +11,11 @@ use crate::common::{FAST_WORKER, counter, crowd};
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn thousands_of_buyers_through_two_gateways_buy_exactly_the_stock() {
     let redis = RedisServer::start();
+    let pg = testkit::Postgres::start();
     let gateways = [Gateway::start(&redis.url(), &[]).await, Gateway::start(&redis.url(), &[]).await];
     let workers = [
-        Worker::start(&redis.url(), "worker-a", FAST_WORKER).await,
-        Worker::start(&redis.url(), "worker-b", FAST_WORKER).await,
+        Worker::start(&redis.url(), &pg.url(), "worker-a", FAST_WORKER).await,
+        Worker::start(&redis.url(), &pg.url(), "worker-b", FAST_WORKER).await,
     ];
     let apis: Vec<_> = gateways.iter().map(Gateway::api).collect();
     apis[0].create_event("drop", 200, 1).await;
@@ -42,4 +43,16 @@ async fn thousands_of_buyers_through_two_gateways_buy_exactly_the_stock() {
     }
     assert_eq!(finalized, 200.0, "the two workers confirmed each order once between them");
     assert_books_balance(&redis.url(), "drop", true).await;
+
+    // The ledger, row by row: exactly the orders buyers hold, each once, each confirmed, with
+    // its buyer, quantity and idempotency scope.
+    let rows =
+        pg.psql("select order_id, user_id, quantity, status, scope from orders where event_id = 'drop'");
+    let rows: Vec<Vec<&str>> = rows.lines().map(|l| l.split('|').collect()).collect();
+    assert_eq!(rows.len(), 200, "one row per order");
+    let held: HashSet<(&str, &str)> = outcome.orders.iter().map(|(u, o)| (o.as_str(), u.as_str())).collect();
+    let recorded: HashSet<(&str, &str)> = rows.iter().map(|r| (r[0], r[1])).collect();
+    assert_eq!(recorded, held, "the ledger holds exactly the buyers' orders");
+    assert!(rows.iter().all(|r| r[2] == "1" && r[3] == "confirmed" && r[4] == r[1]), "{rows:?}");
+    crate::common::check_ledger(&redis.url(), &pg.url(), "drop").await;
 }

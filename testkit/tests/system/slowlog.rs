@@ -25,8 +25,9 @@ use crate::common::FAST_WORKER;
 
 /// Sells `orders` units, answers the sold-out phase through the gateway, drains and checks.
 async fn sale_sold_out_and_check(redis: &RedisServer, orders: usize, gateway_env: &[(&str, &str)]) {
+    let pg = testkit::Postgres::start();
     let gateway = Gateway::start(&redis.url(), gateway_env).await;
-    let _worker = Worker::start(&redis.url(), "worker-a", FAST_WORKER).await;
+    let _worker = Worker::start(&redis.url(), &pg.url(), "worker-a", FAST_WORKER).await;
     let api = gateway.api();
     api.create_event("big", orders as u64, 1).await;
     let mut conn = redis.conn().await;

@@ -1,0 +1,469 @@
+//! The ledger: PostgreSQL as the system of record for finalized orders.
+//!
+//! Redis stays the admission engine (the purchase path never touches the database); the
+//! worker writes each batch of finalized orders here, in one statement, and only then confirms
+//! and acknowledges them in Redis. A crash anywhere in between means a redelivery, whose write
+//! is a no-op (`ON CONFLICT (order_id)`), so an order is recorded once.
+//!
+//! # Layout
+//! - [`config`]: `DATABASE_URL` (never logged with its password), pool size, timeouts.
+//! - [`migrate`](Ledger::migrate): the embedded migrations of `ledger/migrations/`, applied
+//!   under an advisory lock by the worker at start-up and by `flashsale-worker migrate`.
+//! - [`Ledger`]: the pool and every query, each bounded by `DATABASE_TIMEOUT_MS`.
+//! - [`LedgerError`]: the database was unavailable (retry: nothing is lost) or refused the
+//!   data (a poison order: never retried as if the database were down).
+//!
+//! Why tokio-postgres and deadpool-postgres rather than sqlx: the ledger is a handful of
+//! fixed statements (an `UNNEST` insert, a few reads), so compile-time query checking buys
+//! little, while sqlx's macros, drivers and migrator roughly double the dependency tree and
+//! the build time; the lean pair is maintained by the same people as the PostgreSQL protocol
+//! crates, and migrations are ten lines here.
+
+pub mod config;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use flashsale_shared::EventId;
+use time::OffsetDateTime;
+use tokio_postgres::NoTls;
+use uuid::Uuid;
+
+pub use crate::config::{DatabaseUrl, LedgerArgs};
+
+/// The migrations, in order. A migration is never edited once released; a change is a new one.
+const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "orders", include_str!("../migrations/0001_orders.sql"))];
+
+/// `pg_advisory_xact_lock` key: only one process migrates at a time.
+const MIGRATION_LOCK: i64 = 0x0066_6c61_7368_7361; // "flashsa"
+
+/// What can go wrong with the ledger, as the worker must treat it.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// The database is down, unreachable, slow, restarting or out of resources: retry later,
+    /// for as long as it takes. Nothing is counted against the orders.
+    #[error("the ledger is unavailable: {0}")]
+    Unavailable(String),
+    /// The database refused the data (a constraint, an invalid value): the orders in hand are
+    /// the cause, not the database.
+    #[error("the ledger refused the data: {0}")]
+    Refused(String),
+}
+
+impl LedgerError {
+    fn of(error: &tokio_postgres::Error) -> Self {
+        match error.code() {
+            // Class 22 (data exception) and 23 (integrity constraint violation): the data.
+            Some(code) if code.code().starts_with("22") || code.code().starts_with("23") => {
+                Self::Refused(error.to_string())
+            }
+            _ => Self::Unavailable(describe(error)),
+        }
+    }
+}
+
+/// A read of a table the migrations have not created yet (no worker ran them so far): the
+/// ledger is empty, not broken.
+fn before_migrations<T>(result: std::result::Result<T, tokio_postgres::Error>, empty: T) -> Result<T> {
+    match result {
+        Err(error) if error.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Ok(empty),
+        other => Ok(other?),
+    }
+}
+
+/// A PostgreSQL error with its server message, which `Display` alone leaves out.
+fn describe(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => error.to_string(),
+    }
+}
+
+impl From<tokio_postgres::Error> for LedgerError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        Self::of(&error)
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for LedgerError {
+    fn from(error: deadpool_postgres::PoolError) -> Self {
+        match error {
+            deadpool_postgres::PoolError::Backend(e) => Self::of(&e),
+            other => Self::Unavailable(other.to_string()),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, LedgerError>;
+
+/// The final state of an order, as the ledger records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Confirmed,
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Confirmed => "confirmed",
+            Self::Failed => "failed",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        match text {
+            "confirmed" => Some(Self::Confirmed),
+            "failed" => Some(Self::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// One order as the worker records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    pub order_id: Uuid,
+    pub user_id: String,
+    pub quantity: u32,
+    pub status: Status,
+    pub created_at: OffsetDateTime,
+    pub finalized_at: OffsetDateTime,
+    pub scope: String,
+}
+
+/// One order as the ledger holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerOrder {
+    pub order_id: Uuid,
+    pub event_id: String,
+    pub user_id: String,
+    pub quantity: u32,
+    pub status: Status,
+    pub created_at: OffsetDateTime,
+    pub finalized_at: Option<OffsetDateTime>,
+    pub scope: String,
+}
+
+/// An event as the ledger holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerEvent {
+    pub event_id: String,
+    pub name: Option<String>,
+    pub stock: u64,
+    pub per_user_limit: u32,
+    pub starts_at: Option<OffsetDateTime>,
+    pub ends_at: Option<OffsetDateTime>,
+    pub confirmed_units: u64,
+    pub left_redis_at: Option<OffsetDateTime>,
+}
+
+#[derive(Clone)]
+pub struct Ledger {
+    pool: Pool,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger").field("timeout", &self.timeout).finish_non_exhaustive()
+    }
+}
+
+impl Ledger {
+    /// A pool that connects lazily: a worker starts (and keeps Redis's orders pending) while
+    /// the database is down.
+    pub fn new(args: &LedgerArgs) -> Result<Self> {
+        let timeout = args.timeout();
+        let Some(url) = &args.database_url else {
+            return Err(LedgerError::Unavailable("DATABASE_URL is not set".into()));
+        };
+        let mut config = url.config().clone();
+        config.connect_timeout(timeout);
+        // The server enforces the statement deadline too, so a slow statement is cancelled
+        // there rather than left running when the client gives up.
+        config.options(format!("-c statement_timeout={}", timeout.as_millis()));
+        config.application_name("flashsale");
+        let manager =
+            Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(usize::from(args.database_pool_size))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(timeout))
+            .create_timeout(Some(timeout))
+            .recycle_timeout(Some(timeout))
+            .build()
+            .map_err(|e| LedgerError::Unavailable(e.to_string()))?;
+        Ok(Self { pool, timeout })
+    }
+
+    /// Runs `op` on a pooled connection under the deadline.
+    async fn with<T, F, Fut>(&self, op: F) -> Result<T>
+    where
+        F: FnOnce(deadpool_postgres::Object) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let work = async {
+            let client = self.pool.get().await?;
+            op(client).await
+        };
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(result) => result,
+            Err(_) => Err(LedgerError::Unavailable(format!("no answer within {:?}", self.timeout))),
+        }
+    }
+
+    /// Applies every migration not applied yet, each in its own transaction, under an
+    /// advisory lock (workers starting together migrate once). Returns how many ran.
+    pub async fn migrate(&self) -> Result<usize> {
+        let work = async {
+            let mut client = self.pool.get().await?;
+            let tx = client.transaction().await?;
+            tx.execute("select pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
+            tx.batch_execute(
+                "create table if not exists flashsale_migrations (
+                     version integer primary key, name text not null,
+                     applied_at timestamptz not null default now())",
+            )
+            .await?;
+            let done: Vec<i32> = tx
+                .query("select version from flashsale_migrations", &[])
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let mut applied = 0;
+            for (version, name, sql) in MIGRATIONS {
+                if done.contains(version) {
+                    continue;
+                }
+                tx.batch_execute(sql).await?;
+                tx.execute(
+                    "insert into flashsale_migrations (version, name) values ($1, $2)",
+                    &[version, name],
+                )
+                .await?;
+                tracing::info!(version, name, "ledger migration applied");
+                applied += 1;
+            }
+            tx.commit().await?;
+            Ok(applied)
+        };
+        // Migrations may take longer than one statement's deadline.
+        match tokio::time::timeout(self.timeout * 10, work).await {
+            Ok(result) => result,
+            Err(_) => Err(LedgerError::Unavailable("migrations did not finish in time".into())),
+        }
+    }
+
+    /// Whether the database answers (for `flashsale_ledger_up`).
+    pub async fn ping(&self) -> Result<()> {
+        self.with(|client| async move {
+            client.simple_query("select 1").await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Records an event's configuration (once; a later call changes nothing: the
+    /// configuration is frozen once the event has sales).
+    pub async fn record_event(
+        &self,
+        event: &EventId,
+        config: &flashsale_shared::event::EventConfig,
+    ) -> Result<()> {
+        let at = |ms: Option<i64>| ms.map(flashsale_shared::domain::from_unix_ms);
+        let (stock, limit) = (i64::try_from(config.stock).unwrap_or(i64::MAX), config.per_user_limit as i32);
+        let (starts, ends, name) = (at(config.starts_at_ms), at(config.ends_at_ms), config.name.clone());
+        self.with(|client| async move {
+            client
+                .execute(
+                    "insert into events (event_id, name, stock, per_user_limit, starts_at, ends_at)
+                     values ($1, $2, $3, $4, $5, $6)
+                     on conflict (event_id) do update
+                       set name = excluded.name, stock = excluded.stock,
+                           per_user_limit = excluded.per_user_limit,
+                           starts_at = excluded.starts_at, ends_at = excluded.ends_at
+                       where not exists (select 1 from orders where orders.event_id = excluded.event_id)",
+                    &[&event.as_str(), &name, &stock, &limit, &starts, &ends],
+                )
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Records a batch of one event's finalized orders in one statement, committed on return.
+    /// An order already recorded is left as it is, except that `failed` (an operator's
+    /// decision on a parked order) replaces `confirmed`; `confirmed` never replaces `failed`.
+    /// Returns how many rows changed.
+    pub async fn record(&self, event: &EventId, orders: &[Recorded]) -> Result<u64> {
+        if orders.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<Uuid> = orders.iter().map(|o| o.order_id).collect();
+        let users: Vec<&str> = orders.iter().map(|o| o.user_id.as_str()).collect();
+        let quantities: Vec<i32> =
+            orders.iter().map(|o| i32::try_from(o.quantity).unwrap_or(i32::MAX)).collect();
+        let statuses: Vec<&str> = orders.iter().map(|o| o.status.as_str()).collect();
+        let created: Vec<OffsetDateTime> = orders.iter().map(|o| o.created_at).collect();
+        let finalized: Vec<OffsetDateTime> = orders.iter().map(|o| o.finalized_at).collect();
+        let scopes: Vec<&str> = orders.iter().map(|o| o.scope.as_str()).collect();
+        let event = event.as_str();
+        self.with(|client| async move {
+            let changed = client
+                .execute(
+                    "insert into orders
+                       (order_id, event_id, user_id, quantity, status, created_at, finalized_at, scope)
+                     select id, $2, u, q, s, c, f, sc
+                       from unnest($1::uuid[], $3::text[], $4::int[], $5::text[],
+                                   $6::timestamptz[], $7::timestamptz[], $8::text[])
+                         as t(id, u, q, s, c, f, sc)
+                     on conflict (order_id) do update
+                       set status = excluded.status, finalized_at = excluded.finalized_at,
+                           recorded_at = now()
+                       where orders.status = 'confirmed' and excluded.status = 'failed'",
+                    &[&ids, &event, &users, &quantities, &statuses, &created, &finalized, &scopes],
+                )
+                .await?;
+            Ok(changed)
+        })
+        .await
+    }
+
+    /// How many orders of the event the ledger holds (confirmed or failed).
+    pub async fn count_orders(&self, event: &EventId) -> Result<u64> {
+        let event = event.as_str();
+        self.with(|client| async move {
+            let row = client.query_one("select count(*) from orders where event_id = $1", &[&event]).await?;
+            Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+        })
+        .await
+    }
+
+    /// Units of the event's confirmed orders.
+    pub async fn confirmed_units(&self, event: &EventId) -> Result<u64> {
+        let event = event.as_str();
+        self.with(|client| async move {
+            let row = client
+                .query_one(
+                    "select coalesce(sum(quantity), 0)::bigint from orders
+                      where event_id = $1 and status = 'confirmed'",
+                    &[&event],
+                )
+                .await?;
+            Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+        })
+        .await
+    }
+
+    /// The status and quantity of each of these orders the ledger has.
+    pub async fn statuses(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, (Status, u32)>> {
+        let ids = ids.to_vec();
+        self.with(|client| async move {
+            let rows = client
+                .query("select order_id, status, quantity from orders where order_id = any($1)", &[&ids])
+                .await?;
+            Ok(rows
+                .iter()
+                .filter_map(|row| {
+                    let status = Status::parse(row.get(1))?;
+                    Some((row.get(0), (status, row.get::<_, i32>(2).max(0) as u32)))
+                })
+                .collect())
+        })
+        .await
+    }
+
+    /// The event's orders after `after` (by order id), at most `limit`: pages for walks that
+    /// must not hold one long query (reconciliation, export, rebuilding Redis).
+    pub async fn page(&self, event: &EventId, after: Option<Uuid>, limit: i64) -> Result<Vec<LedgerOrder>> {
+        let event = event.as_str().to_owned();
+        let after = after.unwrap_or(Uuid::nil());
+        self.with(|client| async move {
+            let rows = client
+                .query(
+                    "select order_id, event_id, user_id, quantity, status, created_at, finalized_at, scope
+                       from orders where event_id = $1 and order_id > $2
+                      order by order_id limit $3",
+                    &[&event, &after, &limit],
+                )
+                .await?;
+            Ok(rows.iter().filter_map(order_of).collect())
+        })
+        .await
+    }
+
+    /// One order of one event (the gateway's read once the event left Redis).
+    pub async fn order(&self, event: &EventId, order_id: Uuid) -> Result<Option<LedgerOrder>> {
+        let event = event.as_str().to_owned();
+        self.with(|client| async move {
+            let row = client
+                .query_opt(
+                    "select order_id, event_id, user_id, quantity, status, created_at, finalized_at, scope
+                       from orders where event_id = $1 and order_id = $2",
+                    &[&event, &order_id],
+                )
+                .await;
+            Ok(before_migrations(row, None)?.as_ref().and_then(order_of))
+        })
+        .await
+    }
+
+    /// An event and its confirmed units.
+    pub async fn event(&self, event: &EventId) -> Result<Option<LedgerEvent>> {
+        let event = event.as_str().to_owned();
+        self.with(|client| async move {
+            let row = client
+                .query_opt(
+                    "select e.event_id, e.name, e.stock, e.per_user_limit, e.starts_at, e.ends_at,
+                            e.left_redis_at,
+                            (select coalesce(sum(quantity), 0)::bigint from orders o
+                              where o.event_id = e.event_id and o.status = 'confirmed')
+                       from events e where e.event_id = $1",
+                    &[&event],
+                )
+                .await;
+            Ok(before_migrations(row, None)?.map(|row| LedgerEvent {
+                event_id: row.get(0),
+                name: row.get(1),
+                stock: u64::try_from(row.get::<_, i64>(2)).unwrap_or(0),
+                per_user_limit: row.get::<_, i32>(3).max(0) as u32,
+                starts_at: row.get(4),
+                ends_at: row.get(5),
+                left_redis_at: row.get(6),
+                confirmed_units: u64::try_from(row.get::<_, i64>(7)).unwrap_or(0),
+            }))
+        })
+        .await
+    }
+
+    /// Marks the event as gone from Redis: the ledger alone answers for it from now on.
+    pub async fn mark_left_redis(&self, event: &EventId) -> Result<()> {
+        let event = event.as_str().to_owned();
+        self.with(|client| async move {
+            client
+                .execute(
+                    "update events set left_redis_at = coalesce(left_redis_at, now()) where event_id = $1",
+                    &[&event],
+                )
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+fn order_of(row: &tokio_postgres::Row) -> Option<LedgerOrder> {
+    Some(LedgerOrder {
+        order_id: row.get(0),
+        event_id: row.get(1),
+        user_id: row.get(2),
+        quantity: row.get::<_, i32>(3).max(0) as u32,
+        status: Status::parse(row.get(4))?,
+        created_at: row.get(5),
+        finalized_at: row.get(6),
+        scope: row.get(7),
+    })
+}
