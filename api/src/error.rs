@@ -84,6 +84,9 @@ pub enum Unavailable {
     EvictionPolicy(String),
     /// The ledger (PostgreSQL), asked about an event that left Redis, did not answer.
     Ledger,
+    /// Redis restarted (or failed over) and is being reconciled with the ledger: no sale
+    /// until every order it may have forgotten is back.
+    Reconciling,
 }
 
 impl Unavailable {
@@ -98,6 +101,9 @@ impl Unavailable {
             Self::ConnectionLost => "The connection to Redis broke during the call.".into(),
             Self::Busy => "Redis is loading or busy and refuses commands for now.".into(),
             Self::Ledger => "The ledger did not answer; this event is only there now.".into(),
+            Self::Reconciling => "Redis restarted and is being reconciled with the ledger; sales resume \
+                                  once every recorded order is back."
+                .into(),
             Self::EvictionPolicy(policy) => format!(
                 "Redis's maxmemory-policy is {policy}, which could evict idempotency entries and \
                  let a retry buy twice: sales are refused until it is noeviction or volatile-*."
@@ -122,6 +128,7 @@ impl ApiError {
             Fault::Refused => Unavailable::Refused,
             Fault::ConnectionLost => Unavailable::ConnectionLost,
             Fault::Unavailable => Unavailable::Busy,
+            Fault::Fenced => Unavailable::Reconciling,
             Fault::Other => return Self::Internal(format!("Redis reply not understood: {error}")),
         };
         let outcome_unknown = mutating && Fault::of(&error).outcome_unknown();

@@ -9,6 +9,8 @@ create table events (
     per_user_limit  integer not null check (per_user_limit > 0),
     starts_at       timestamptz,
     ends_at         timestamptz,
+    -- When Redis forgets its idempotency entries (ends_at + the gateway's retention).
+    purge_at        timestamptz,
     -- When the worker first recorded the event.
     recorded_at     timestamptz not null default now(),
     -- When the event's keys left Redis (its sale ended, its retention passed, every order is

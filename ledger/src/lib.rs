@@ -155,6 +155,7 @@ pub struct LedgerEvent {
     pub per_user_limit: u32,
     pub starts_at: Option<OffsetDateTime>,
     pub ends_at: Option<OffsetDateTime>,
+    pub purge_at: Option<OffsetDateTime>,
     pub confirmed_units: u64,
     pub left_redis_at: Option<OffsetDateTime>,
 }
@@ -272,21 +273,24 @@ impl Ledger {
         &self,
         event: &EventId,
         config: &flashsale_shared::event::EventConfig,
+        purge_at_ms: Option<i64>,
     ) -> Result<()> {
         let at = |ms: Option<i64>| ms.map(flashsale_shared::domain::from_unix_ms);
         let (stock, limit) = (i64::try_from(config.stock).unwrap_or(i64::MAX), config.per_user_limit as i32);
         let (starts, ends, name) = (at(config.starts_at_ms), at(config.ends_at_ms), config.name.clone());
+        let purge_at = at(purge_at_ms);
         self.with(|client| async move {
             client
                 .execute(
-                    "insert into events (event_id, name, stock, per_user_limit, starts_at, ends_at)
-                     values ($1, $2, $3, $4, $5, $6)
+                    "insert into events (event_id, name, stock, per_user_limit, starts_at, ends_at, purge_at)
+                     values ($1, $2, $3, $4, $5, $6, $7)
                      on conflict (event_id) do update
                        set name = excluded.name, stock = excluded.stock,
                            per_user_limit = excluded.per_user_limit,
-                           starts_at = excluded.starts_at, ends_at = excluded.ends_at
+                           starts_at = excluded.starts_at, ends_at = excluded.ends_at,
+                           purge_at = excluded.purge_at
                        where not exists (select 1 from orders where orders.event_id = excluded.event_id)",
-                    &[&event.as_str(), &name, &stock, &limit, &starts, &ends],
+                    &[&event.as_str(), &name, &stock, &limit, &starts, &ends, &purge_at],
                 )
                 .await?;
             Ok(())
@@ -417,24 +421,23 @@ impl Ledger {
         self.with(|client| async move {
             let row = client
                 .query_opt(
-                    "select e.event_id, e.name, e.stock, e.per_user_limit, e.starts_at, e.ends_at,
-                            e.left_redis_at,
-                            (select coalesce(sum(quantity), 0)::bigint from orders o
-                              where o.event_id = e.event_id and o.status = 'confirmed')
-                       from events e where e.event_id = $1",
+                    &format!("{EVENT_COLUMNS} from events e where e.event_id = $1"),
                     &[&event],
                 )
                 .await;
-            Ok(before_migrations(row, None)?.map(|row| LedgerEvent {
-                event_id: row.get(0),
-                name: row.get(1),
-                stock: u64::try_from(row.get::<_, i64>(2)).unwrap_or(0),
-                per_user_limit: row.get::<_, i32>(3).max(0) as u32,
-                starts_at: row.get(4),
-                ends_at: row.get(5),
-                left_redis_at: row.get(6),
-                confirmed_units: u64::try_from(row.get::<_, i64>(7)).unwrap_or(0),
-            }))
+            Ok(before_migrations(row, None)?.as_ref().map(event_of))
+        })
+        .await
+    }
+
+    /// Every event that has not left Redis: what a reconciliation after a Redis restart
+    /// restores.
+    pub async fn events_in_redis(&self) -> Result<Vec<LedgerEvent>> {
+        self.with(|client| async move {
+            let rows = client
+                .query(&format!("{EVENT_COLUMNS} from events e where e.left_redis_at is null"), &[])
+                .await;
+            Ok(before_migrations(rows, Vec::new())?.iter().map(event_of).collect())
         })
         .await
     }
@@ -452,6 +455,24 @@ impl Ledger {
             Ok(())
         })
         .await
+    }
+}
+
+const EVENT_COLUMNS: &str = "select e.event_id, e.name, e.stock, e.per_user_limit, e.starts_at, e.ends_at,
+        e.left_redis_at, (select coalesce(sum(quantity), 0)::bigint from orders o
+                           where o.event_id = e.event_id and o.status = 'confirmed'), e.purge_at";
+
+fn event_of(row: &tokio_postgres::Row) -> LedgerEvent {
+    LedgerEvent {
+        event_id: row.get(0),
+        name: row.get(1),
+        stock: u64::try_from(row.get::<_, i64>(2)).unwrap_or(0),
+        per_user_limit: row.get::<_, i32>(3).max(0) as u32,
+        starts_at: row.get(4),
+        ends_at: row.get(5),
+        left_redis_at: row.get(6),
+        confirmed_units: u64::try_from(row.get::<_, i64>(7)).unwrap_or(0),
+        purge_at: row.get(8),
     }
 }
 

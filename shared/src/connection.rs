@@ -121,6 +121,9 @@ pub enum Fault {
     ConnectionLost,
     /// `LOADING`, `BUSY`, `MISCONF`, `MASTERDOWN`, ...: Redis refused to run the command now.
     Unavailable,
+    /// `NOSCRIPT` for the purchase script: Redis (re)started and is not reconciled with the
+    /// ledger yet (the fence, see `shared::scripts`); nothing ran.
+    Fenced,
     /// Anything else: the reply was not what our code expects (a bug).
     Other,
 }
@@ -129,6 +132,7 @@ impl Fault {
     pub fn of(error: &RedisError) -> Self {
         match error.code() {
             Some("OOM") => return Self::OutOfMemory,
+            Some("NOSCRIPT") => return Self::Fenced,
             Some("READONLY") => return Self::ReadOnly,
             Some(
                 "LOADING" | "BUSY" | "MISCONF" | "MASTERDOWN" | "NOREPLICAS" | "CLUSTERDOWN" | "TRYAGAIN",

@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::domain::EventId;
 use crate::keys::CONSUMER_GROUP;
 use crate::keys::{self, EventKeys};
-use crate::scripts::{self, PURGE, PUT_EVENT, REMOVE_EVENT};
+use crate::scripts::{self, PURGE, PUT_EVENT, REMOVE_EVENT, RESTORE_ORDERS};
 
 /// What an operator sets with `PUT /v1/events/{id}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +126,8 @@ pub struct EventSnapshot {
     pub confirmed: u64,
     /// Orders ever accepted (a configuration is frozen once this is above zero).
     pub accepted: u64,
+    /// When the idempotency entries and user totals go (`ends_at` + retention).
+    pub purge_at_ms: Option<i64>,
     /// Redis server time when the snapshot was read.
     pub now_ms: i64,
 }
@@ -159,6 +161,7 @@ pub async fn load(conn: &mut impl ConnectionLike, id: &EventId) -> RedisResult<O
         remaining: num("remaining").unwrap_or(0).max(0) as u64,
         confirmed: num("confirmed").unwrap_or(0).max(0) as u64,
         accepted: num("accepted").unwrap_or(0).max(0) as u64,
+        purge_at_ms: num("purge_at"),
         now_ms: secs * 1000 + micros / 1000,
     }))
 }
@@ -242,4 +245,57 @@ pub async fn remove(
         }
     };
     Ok(Removal::Kept(kept))
+}
+
+/// An order as the ledger recorded it, to be restored into Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restore<'a> {
+    pub order_id: &'a str,
+    pub confirmed: bool,
+    pub quantity: u32,
+    pub created_ms: i64,
+    pub finalized_ms: i64,
+    pub user_id: &'a str,
+    pub scope: &'a str,
+}
+
+/// Puts back orders Redis may have lost (`lua/restore_orders.lua`), recreating the event hash
+/// from `config` if it is gone; returns (restored, corrected).
+pub async fn restore(
+    conn: &mut impl ConnectionLike,
+    keys: &EventKeys,
+    config: &EventConfig,
+    purge_at_ms: Option<i64>,
+    orders: &[Restore<'_>],
+) -> RedisResult<(u64, u64)> {
+    let opt = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_default();
+    let mut invocation = RESTORE_ORDERS.prepare_invoke();
+    invocation
+        .key(&keys.event)
+        .key(&keys.orders)
+        .key(&keys.idem)
+        .key(&keys.users)
+        .arg(config.stock)
+        .arg(config.per_user_limit)
+        .arg(config.name.as_deref().unwrap_or(""))
+        .arg(opt(config.starts_at_ms))
+        .arg(opt(config.ends_at_ms))
+        .arg(opt(purge_at_ms));
+    for o in orders {
+        invocation
+            .arg(o.order_id)
+            .arg(if o.confirmed { "c" } else { "f" })
+            .arg(o.quantity)
+            .arg(o.created_ms)
+            .arg(o.finalized_ms)
+            .arg(o.user_id)
+            .arg(o.scope);
+    }
+    let (restored, corrected): (u64, u64) = invocation.invoke_async(conn).await?;
+    Ok((restored, corrected))
+}
+
+/// Registers the event so workers consume it (again, after a restore).
+pub async fn register(conn: &mut impl ConnectionLike, id: &EventId) -> RedisResult<()> {
+    redis::cmd("SADD").arg(keys::EVENTS).arg(id.as_str()).exec_async(conn).await
 }

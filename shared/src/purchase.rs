@@ -53,6 +53,10 @@ pub enum PurchaseOutcome {
 }
 
 /// Runs the purchase script. `new_order_id` is used only if the purchase is accepted.
+///
+/// Plain EVALSHA, never reloading on NOSCRIPT: a missing purchase script means Redis has not
+/// been reconciled with the ledger since it restarted (the fence, see `shared::scripts`), and
+/// the caller gets that error (the script did not run, nothing changed).
 pub async fn purchase(
     conn: &mut impl ConnectionLike,
     keys: &EventKeys,
@@ -61,17 +65,19 @@ pub async fn purchase(
     quantity: u32,
     new_order_id: OrderId,
 ) -> RedisResult<PurchaseOutcome> {
-    let reply = PURCHASE
-        .key(&keys.event)
-        .key(&keys.idem)
-        .key(&keys.users)
-        .key(&keys.orders)
-        .key(&keys.stream)
+    let reply: redis::Value = redis::cmd("EVALSHA")
+        .arg(PURCHASE.get_hash())
+        .arg(5)
+        .arg(&keys.event)
+        .arg(&keys.idem)
+        .arg(&keys.users)
+        .arg(&keys.orders)
+        .arg(&keys.stream)
         .arg(scope)
         .arg(user.as_str())
         .arg(quantity)
         .arg(new_order_id.to_string())
-        .invoke_async(conn)
+        .query_async(conn)
         .await?;
     parse(Reply::new(reply)?)
 }

@@ -3,6 +3,14 @@
 //! Each script's header documents its KEYS, ARGV and reply. `Script::invoke_async` sends
 //! EVALSHA and, on NOSCRIPT (a restarted or flushed Redis), loads the script and retries
 //! once, so a Redis restart heals itself; [`load_all`] warms a fresh server up front.
+//!
+//! Except the purchase script, which is the **fence**: Redis's script cache is the one state
+//! a restart never brings back (not in a snapshot, not in the AOF, empty on a promoted
+//! replica), so "the purchase script is loaded" means "this Redis was reconciled with the
+//! ledger since it (re)started". The gateway never loads it and never retries a purchase on
+//! NOSCRIPT (it answers 503: reconciling); a worker loads it ([`lift_fence`]) only after it
+//! restored, from the ledger, every order Redis may have forgotten. A Redis restarted from an
+//! older snapshot therefore never sells a unit the ledger knows was sold.
 
 use std::sync::LazyLock;
 
@@ -14,6 +22,13 @@ use redis::{ErrorKind, RedisError, RedisResult, Script, Value};
 pub struct LuaScript {
     source: &'static str,
     compiled: LazyLock<Script>,
+}
+
+impl LuaScript {
+    /// The Lua source (what `SCRIPT LOAD` sends).
+    pub fn source(&self) -> &'static str {
+        self.source
+    }
 }
 
 impl std::ops::Deref for LuaScript {
@@ -42,10 +57,14 @@ pub static RESOLVE_DEAD_LETTER: LuaScript = lua!("resolve_dead_letter.lua");
 pub static REMOVE_EVENT: LuaScript = lua!("remove_event.lua");
 pub static ENSURE_GROUP: LuaScript = lua!("ensure_group.lua");
 
-static ALL: [&LuaScript; 8] =
-    [&PURCHASE, &PUT_EVENT, &FINALIZE, &TRIM, &PURGE, &RESOLVE_DEAD_LETTER, &REMOVE_EVENT, &ENSURE_GROUP];
+pub static RESTORE_ORDERS: LuaScript = lua!("restore_orders.lua");
 
-/// SCRIPT LOAD every script, so the first purchase after a (re)start needs no second trip.
+/// Every script but the purchase one (the fence).
+static ALL: [&LuaScript; 8] =
+    [&PUT_EVENT, &FINALIZE, &TRIM, &PURGE, &RESOLVE_DEAD_LETTER, &REMOVE_EVENT, &ENSURE_GROUP, &RESTORE_ORDERS];
+
+/// SCRIPT LOAD every script but the purchase one (see the module doc: the fence), so the first
+/// call after a (re)start needs no second trip.
 pub async fn load_all(conn: &mut impl ConnectionLike) -> RedisResult<()> {
     let mut pipe = redis::pipe();
     for script in ALL {
@@ -54,7 +73,20 @@ pub async fn load_all(conn: &mut impl ConnectionLike) -> RedisResult<()> {
     pipe.query_async(conn).await
 }
 
-/// Whether Redis has every script cached (what `/readyz` reports).
+/// Loads the purchase script: sales may start. Only once Redis holds every order the ledger
+/// has (a worker's reconciliation; or a Redis known to be new and empty, as in tests).
+pub async fn lift_fence(conn: &mut impl ConnectionLike) -> RedisResult<()> {
+    redis::cmd("SCRIPT").arg("LOAD").arg(PURCHASE.source).exec_async(conn).await
+}
+
+/// Whether sales are fenced: the purchase script is not loaded (Redis (re)started or was
+/// flushed, and no worker has reconciled it with the ledger yet).
+pub async fn is_fenced(conn: &mut impl ConnectionLike) -> RedisResult<bool> {
+    let present: Vec<i64> = redis::cmd("SCRIPT").arg("EXISTS").arg(PURCHASE.get_hash()).query_async(conn).await?;
+    Ok(present.first() != Some(&1))
+}
+
+/// Whether Redis has every script but the purchase one cached (what `/readyz` reports).
 pub async fn all_loaded(conn: &mut impl ConnectionLike) -> RedisResult<bool> {
     let mut cmd = redis::cmd("SCRIPT");
     cmd.arg("EXISTS");

@@ -28,12 +28,22 @@ impl RedisServer {
         Self::start_with(Durability::None)
     }
 
+    /// A new, empty server with its sales fence lifted (an empty Redis has nothing to
+    /// reconcile with any ledger: what a worker would do at once). A [`RedisServer::restart`]
+    /// brings the fence back, as a real restart does: then a worker must reconcile.
     pub fn start_with(durability: Durability) -> Self {
         let mut dir = tempfile::Builder::new().prefix("flashsale-redis-").tempdir().expect("temp dir");
         for _ in 0..5 {
             let port = free_port();
             let mut server = Self { port, dir, durability, child: None };
             if server.spawn() {
+                let client = server.client();
+                let mut conn = client.get_connection_with_timeout(Duration::from_secs(2)).expect("connect");
+                let _: String = redis::cmd("SCRIPT")
+                    .arg("LOAD")
+                    .arg(flashsale_shared::scripts::PURCHASE.source())
+                    .query(&mut conn)
+                    .expect("lift the fence");
                 return server;
             }
             dir = server.take_dir();

@@ -7,7 +7,6 @@
 //! nothing. The database being down is never held against an order: the batch stays in hand,
 //! uncounted, until it can be written.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -102,6 +101,26 @@ pub(crate) async fn record(
     Ok(refused)
 }
 
+/// Writes the event's configuration to the ledger before its first order (once per process):
+/// what a reconciliation needs to recreate the event in a Redis that forgot it.
+async fn record_event_once(
+    ctx: &Ctx,
+    conn: &mut redis::aio::ConnectionManager,
+    id: &EventId,
+) -> Result<(), Blocked> {
+    if ctx.events_recorded.lock().unwrap_or_else(|p| p.into_inner()).contains(id) {
+        return Ok(());
+    }
+    let Some(snapshot) = event::load(conn, id).await? else { return Ok(()) };
+    match ctx.ledger.record_event(id, &snapshot.config, snapshot.purge_at_ms).await {
+        Ok(()) => {
+            ctx.events_recorded.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone());
+            Ok(())
+        }
+        Err(error) => Err(Blocked::Ledger(error.to_string())),
+    }
+}
+
 /// One ledger write, timed and counted; marks the ledger up or down.
 async fn write(ctx: &Ctx, event: &EventId, rows: &[Recorded]) -> Result<(), LedgerError> {
     let started = Instant::now();
@@ -154,7 +173,6 @@ pub(crate) async fn ledger_loop(ctx: Arc<Ctx>) {
             }
         }
     }
-    let mut recorded: HashSet<EventId> = HashSet::new();
     let mut ticker = flashsale_shared::shutdown::Ticker::new(LEDGER_INTERVAL, ctx.stop.clone());
     let mut redis = Streak::new("ledger drift");
     while ticker.tick().await {
@@ -167,7 +185,7 @@ pub(crate) async fn ledger_loop(ctx: Arc<Ctx>) {
         streak.succeeded();
         let streams = ctx.streams.borrow().clone();
         for s in streams.iter() {
-            match reconcile(&ctx, s, &mut recorded).await {
+            match drift(&ctx, s).await {
                 Ok(()) => redis.succeeded(),
                 Err(Blocked::Redis(error)) => redis.failed(&ctx, &error).await,
                 Err(Blocked::Ledger(why)) => streak.failed(&ctx, &LedgerError::Unavailable(why)),
@@ -176,17 +194,10 @@ pub(crate) async fn ledger_loop(ctx: Arc<Ctx>) {
     }
 }
 
-async fn reconcile(ctx: &Ctx, s: &EventStream, recorded: &mut HashSet<EventId>) -> Result<(), Blocked> {
+/// Sets the event's drift gauge: Redis's confirmed units minus the ledger's.
+async fn drift(ctx: &Ctx, s: &EventStream) -> Result<(), Blocked> {
     let mut conn = ctx.redis.get();
-    if !recorded.contains(&s.event)
-        && let Some(snapshot) = event::load(&mut conn, &s.event).await?
-    {
-        ctx.ledger
-            .record_event(&s.event, &snapshot.config)
-            .await
-            .map_err(|e| Blocked::Ledger(e.to_string()))?;
-        recorded.insert(s.event.clone());
-    }
+    record_event_once(ctx, &mut conn, &s.event).await?;
     // Redis first: a batch confirmed between the two reads makes the drift briefly negative,
     // never falsely positive.
     let Some(units) = event::units(&mut conn, &s.keys).await? else { return Ok(()) };

@@ -25,6 +25,7 @@ pub mod consumer;
 pub mod dead_letters;
 pub mod discovery;
 mod failure;
+mod fence;
 mod ledger;
 mod maintenance;
 pub mod metrics;
@@ -54,6 +55,8 @@ pub(crate) struct Ctx {
     ledger: flashsale_ledger::Ledger,
     /// Whether the last ledger call worked: while it does not, nothing new is read or claimed.
     ledger_up: std::sync::atomic::AtomicBool,
+    /// Events whose configuration this process has written to the ledger (before any order).
+    events_recorded: std::sync::Mutex<std::collections::HashSet<flashsale_shared::EventId>>,
     /// Connections for blocking reads, whose response timeout exceeds the BLOCK time.
     blocking: bb8::Pool<BlockingReads>,
     metrics: Arc<WorkerMetrics>,
@@ -130,6 +133,7 @@ pub async fn run(
         redis,
         ledger,
         ledger_up: std::sync::atomic::AtomicBool::new(false),
+        events_recorded: std::sync::Mutex::new(std::collections::HashSet::new()),
         blocking,
         metrics: metrics.clone(),
         streams: streams_rx,
@@ -155,6 +159,7 @@ pub async fn run(
     tasks.spawn(maintenance::stats_loop(ctx.clone()));
     tasks.spawn(maintenance::trim_loop(ctx.clone()));
     tasks.spawn(ledger::ledger_loop(ctx.clone()));
+    tasks.spawn(fence::fence_loop(ctx.clone()));
     let server_stop = stop.clone();
     tasks.spawn(async move {
         let server = axum::serve(metrics_listener, metrics::router(metrics))

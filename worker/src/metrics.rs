@@ -22,6 +22,8 @@
 //! - `flashsale_ledger_up`: 1 while the ledger (PostgreSQL) answers; `flashsale_ledger_errors_total`
 //!   failed ledger calls (retried); `flashsale_ledger_write_seconds` the time of one batch's
 //!   write; `flashsale_ledger_lag_seconds` reservation (202) to recorded in the ledger.
+//! - `flashsale_redis_reconciliations_total`, `flashsale_orders_restored_total`: a restarted
+//!   Redis reconciled with the ledger before sales resumed (the fence), and what came back.
 //! - `flashsale_ledger_drift_units{event}`: Redis's confirmed units minus the ledger's (0 when
 //!   they agree; briefly negative while a recorded batch is being confirmed in Redis).
 
@@ -48,6 +50,8 @@ pub struct WorkerMetrics {
     pub finalize_failures: Counter,
     pub purged: Counter,
     pub events_removed: Counter,
+    pub reconciliations: Counter,
+    pub orders_restored: Counter,
     pub skipped: Counter,
     pub claimed: Counter,
     pub redis_errors: Counter,
@@ -108,6 +112,16 @@ impl WorkerMetrics {
             finalize_failures: registry.counter(
                 "flashsale_finalize_failures_total",
                 "Finalize attempts that failed because of the entry (counted towards MAX_DELIVERIES).",
+                &[],
+            ),
+            reconciliations: registry.counter(
+                "flashsale_redis_reconciliations_total",
+                "Times this worker reconciled a restarted Redis with the ledger and lifted the sales fence.",
+                &[],
+            ),
+            orders_restored: registry.counter(
+                "flashsale_orders_restored_total",
+                "Orders put back into a restarted Redis from the ledger.",
                 &[],
             ),
             events_removed: registry.counter(

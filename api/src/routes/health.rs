@@ -22,8 +22,9 @@ pub async fn healthz() -> Json<Value> {
 
 /// Ready when Redis answers within the deadline as a primary that accepts writes (a probe
 /// write: a full, read-only or misconfigured Redis refuses it), its eviction policy cannot
-/// evict a live event's keys, and every script is cached; a Redis that restarted empty gets
-/// the scripts loaded here, so readiness heals without a restart.
+/// evict a live event's keys, every script is cached, and a worker has reconciled it with the
+/// ledger since it started (the purchase script is loaded: the fence). A Redis that restarted
+/// gets the other scripts loaded here; the purchase script only a worker loads.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Ready", body = Object, example = json!({"status": "ready"})),
@@ -39,11 +40,20 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
             if !flashsale_shared::scripts::all_loaded(&mut conn).await? {
                 flashsale_shared::scripts::load_all(&mut conn).await?;
             }
-            Ok(info)
+            let fenced = flashsale_shared::scripts::is_fenced(&mut conn).await?;
+            Ok((info, fenced))
         })
         .await?;
+    let (info, fenced) = info;
     let primary = info.is_primary();
     state.redis_status().record(info);
+    if fenced {
+        return Err(ApiError::Unavailable {
+            why: Unavailable::Reconciling,
+            outcome_unknown: false,
+            cause: "the purchase script is not loaded: no worker has reconciled Redis yet".into(),
+        });
+    }
     if !primary {
         return Err(ApiError::Unavailable {
             why: Unavailable::ReadOnly,

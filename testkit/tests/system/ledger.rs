@@ -244,3 +244,68 @@ async fn twenty_short_sales_leave_redis_as_they_found_it() {
     assert!(memory_after - memory_before < 200_000, "memory grew by {} B", memory_after - memory_before);
     assert_eq!(pg.psql("select count(*) from orders").trim(), "420");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_restarted_from_an_older_snapshot_is_reconciled_before_it_sells_again() {
+    let mut redis = RedisServer::start();
+    let pg = Postgres::start();
+    let gateway = Gateway::start(&redis.url(), &[("REDIS_TIMEOUT_MS", "300")]).await;
+    let api = gateway.api();
+    let _worker = Worker::start(&redis.url(), &pg.url(), "worker-a", FAST_WORKER).await;
+    api.create_event("drop", 300, 1).await;
+
+    // 100 orders, recorded; a snapshot; 100 more, recorded. Then Redis dies and comes back
+    // from the snapshot: it has forgotten the second hundred, which the ledger holds.
+    let first = crowd(std::slice::from_ref(&api), "drop", 100, 16).await;
+    assert_eq!(first.count(202), 100);
+    wait_drained(&redis.url(), "drop", Duration::from_secs(20)).await;
+    let mut conn = redis.conn().await;
+    let _: () = redis::cmd("SAVE").query_async(&mut conn).await.unwrap();
+    let users: Vec<String> = (100..200).map(|i| format!("buyer-{i}")).collect();
+    let mut second = std::collections::HashMap::new();
+    for user in &users {
+        let reply = api.purchase("drop", user, 1, None).await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED);
+        second.insert(user.clone(), reply.body["order_id"].as_str().unwrap().to_owned());
+    }
+    wait_drained(&redis.url(), "drop", Duration::from_secs(20)).await;
+    assert_eq!(rows(&pg, "drop").len(), 200);
+    redis.kill();
+    redis.restart();
+    let back = Instant::now();
+
+    // Until a worker has put the forgotten orders back, nothing sells; then sales resume.
+    let mut refused = 0;
+    let sold_after = wait_until(Duration::from_secs(20), "sales to resume", || {
+        let api = api.clone();
+        let refused = &mut refused;
+        async move {
+            let reply = api.purchase("drop", "after-restart", 1, None).await;
+            match reply.status {
+                StatusCode::ACCEPTED => Some(back.elapsed()),
+                StatusCode::SERVICE_UNAVAILABLE => {
+                    *refused += 1;
+                    None
+                }
+                other => panic!("unexpected {other}: {reply:?}"),
+            }
+        }
+    })
+    .await;
+    println!("Redis back to selling again: {sold_after:?} ({refused} purchases refused meanwhile)");
+
+    // Every buyer of the forgotten hundred retries and gets their order back, not a new one.
+    for (user, order) in &second {
+        let retry = api.purchase("drop", user, 1, None).await;
+        assert_eq!(retry.status, StatusCode::OK, "{user} would have bought twice: {retry:?}");
+        assert_eq!(retry.body["order_id"].as_str(), Some(order.as_str()));
+    }
+    // And the rest of the stock sells exactly: 300 - 200 - 1 left.
+    let rest = crowd(std::slice::from_ref(&api), "drop", 400, 32).await;
+    let fresh = rest.orders.keys().filter(|u| u.as_str() >= "buyer-200" || u.len() > 9).count();
+    let _ = fresh;
+    let books = wait_drained(&redis.url(), "drop", Duration::from_secs(30)).await;
+    assert_eq!((books.remaining, books.units_confirmed, books.accepted_counter), (0, 300, 300), "{books:?}");
+    assert_eq!(rows(&pg, "drop").len(), 300, "never more orders than units");
+    check_ledger(&redis.url(), &pg.url(), "drop").await;
+}

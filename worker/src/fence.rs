@@ -1,0 +1,120 @@
+//! The sales fence: after Redis restarts (or fails over, or is flushed), nothing sells until a
+//! worker has put back every order the ledger has and Redis may have forgotten.
+//!
+//! Redis's script cache is the one state a restart never brings back, so the purchase script
+//! being loaded is the fence (see `shared::scripts`): the gateway only ever runs it with
+//! EVALSHA and answers 503 on NOSCRIPT. Every [`FENCE_INTERVAL`] a worker asks whether it is
+//! loaded; if not, it reconciles every event that has not left Redis from the ledger
+//! (`lua/restore_orders.lua`: forgotten orders come back with their idempotency entry, buyer's
+//! total and units; pending ones the ledger has finalized take its status), re-registers the
+//! events, and only then loads the purchase script. Any number of workers may do it at once:
+//! each step changes nothing the second time.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flashsale_ledger::Status;
+use flashsale_shared::domain::to_unix_ms;
+use flashsale_shared::event::{self, EventConfig, Restore};
+use flashsale_shared::{EventId, EventKeys, scripts, stream};
+
+use crate::Ctx;
+use crate::failure::Streak;
+use crate::ledger::Blocked;
+
+/// How often the fence is checked: the longest a restarted Redis waits before reconciliation
+/// starts (one cheap `SCRIPT EXISTS`).
+pub(crate) const FENCE_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Ledger orders restored per script call.
+const RESTORE_CHUNK: usize = scripts::SCAN_CHUNK;
+
+pub(crate) async fn fence_loop(ctx: Arc<Ctx>) {
+    let mut ticker = flashsale_shared::shutdown::Ticker::new(FENCE_INTERVAL, ctx.stop.clone());
+    let mut streak = Streak::new("fence");
+    while ticker.tick().await {
+        let mut conn = ctx.redis.get();
+        match scripts::is_fenced(&mut conn).await {
+            Ok(false) => {
+                streak.succeeded();
+                continue;
+            }
+            Ok(true) => {}
+            Err(error) => {
+                streak.failed(&ctx, &error).await;
+                continue;
+            }
+        }
+        let started = Instant::now();
+        match reconcile(&ctx).await {
+            Ok((events, restored, corrected)) => {
+                if let Err(error) = scripts::lift_fence(&mut conn).await {
+                    streak.failed(&ctx, &error).await;
+                    continue;
+                }
+                streak.succeeded();
+                ctx.metrics.reconciliations.increment(1);
+                ctx.metrics.orders_restored.increment(restored);
+                tracing::info!(events, restored, corrected, took_ms = started.elapsed().as_millis() as u64,
+                    "Redis reconciled with the ledger: sales may resume");
+            }
+            Err(Blocked::Redis(error)) => streak.failed(&ctx, &error).await,
+            Err(Blocked::Ledger(why)) => {
+                // Without the ledger nobody can tell what Redis forgot: stay fenced.
+                streak.ledger_failed(&ctx, &why);
+            }
+        }
+    }
+}
+
+/// Restores every event that has not left Redis; returns (events, orders restored, corrected).
+async fn reconcile(ctx: &Ctx) -> Result<(usize, u64, u64), Blocked> {
+    let ledger_down = |e: flashsale_ledger::LedgerError| Blocked::Ledger(e.to_string());
+    let events = ctx.ledger.events_in_redis().await.map_err(ledger_down)?;
+    let mut conn = ctx.redis.get();
+    let (mut restored, mut corrected) = (0, 0);
+    for recorded in &events {
+        let Ok(id) = EventId::parse(recorded.event_id.as_str()) else { continue };
+        let keys = EventKeys::new(&id);
+        let ms = |at: Option<time::OffsetDateTime>| at.map(to_unix_ms);
+        let config = EventConfig {
+            stock: recorded.stock,
+            per_user_limit: recorded.per_user_limit,
+            name: recorded.name.clone(),
+            starts_at_ms: ms(recorded.starts_at),
+            ends_at_ms: ms(recorded.ends_at),
+        };
+        let mut after = None;
+        loop {
+            let page = ctx.ledger.page(&id, after, 1000).await.map_err(ledger_down)?;
+            for chunk in page.chunks(RESTORE_CHUNK) {
+                let ids: Vec<String> = chunk.iter().map(|o| o.order_id.to_string()).collect();
+                let orders: Vec<Restore<'_>> = chunk
+                    .iter()
+                    .zip(&ids)
+                    .map(|(o, id)| Restore {
+                        order_id: id,
+                        confirmed: o.status == Status::Confirmed,
+                        quantity: o.quantity,
+                        created_ms: to_unix_ms(o.created_at),
+                        finalized_ms: o.finalized_at.map(to_unix_ms).unwrap_or_else(|| to_unix_ms(o.created_at)),
+                        user_id: &o.user_id,
+                        scope: &o.scope,
+                    })
+                    .collect();
+                let (r, c) = event::restore(&mut conn, &keys, &config, ms(recorded.purge_at), &orders).await?;
+                restored += r;
+                corrected += c;
+            }
+            if page.len() < 1000 {
+                break;
+            }
+            after = page.last().map(|o| o.order_id);
+        }
+        // An event with no order yet still needs its hash back (created after the snapshot).
+        event::restore(&mut conn, &keys, &config, ms(recorded.purge_at), &[]).await?;
+        event::register(&mut conn, &id).await?;
+        stream::ensure_group(&mut conn, &keys).await?;
+    }
+    Ok((events.len(), restored, corrected))
+}
