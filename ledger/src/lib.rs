@@ -183,8 +183,13 @@ impl Ledger {
         let mut config = url.config().clone();
         config.connect_timeout(timeout);
         // The server enforces the statement deadline too, so a slow statement is cancelled
-        // there rather than left running when the client gives up.
-        config.options(format!("-c statement_timeout={}", timeout.as_millis()));
+        // there rather than left running when the client gives up; and a session that sits in
+        // an open transaction (a worker frozen mid-migration, say) is ended after the same
+        // time, so it cannot hold a lock the other workers wait for.
+        config.options(format!(
+            "-c statement_timeout={ms} -c idle_in_transaction_session_timeout={ms}",
+            ms = timeout.as_millis()
+        ));
         config.application_name("flashsale");
         let manager =
             Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
@@ -420,10 +425,7 @@ impl Ledger {
         let event = event.as_str().to_owned();
         self.with(|client| async move {
             let row = client
-                .query_opt(
-                    &format!("{EVENT_COLUMNS} from events e where e.event_id = $1"),
-                    &[&event],
-                )
+                .query_opt(&format!("{EVENT_COLUMNS} from events e where e.event_id = $1"), &[&event])
                 .await;
             Ok(before_migrations(row, None)?.as_ref().map(event_of))
         })

@@ -60,8 +60,16 @@ pub static ENSURE_GROUP: LuaScript = lua!("ensure_group.lua");
 pub static RESTORE_ORDERS: LuaScript = lua!("restore_orders.lua");
 
 /// Every script but the purchase one (the fence).
-static ALL: [&LuaScript; 8] =
-    [&PUT_EVENT, &FINALIZE, &TRIM, &PURGE, &RESOLVE_DEAD_LETTER, &REMOVE_EVENT, &ENSURE_GROUP, &RESTORE_ORDERS];
+static ALL: [&LuaScript; 8] = [
+    &PUT_EVENT,
+    &FINALIZE,
+    &TRIM,
+    &PURGE,
+    &RESOLVE_DEAD_LETTER,
+    &REMOVE_EVENT,
+    &ENSURE_GROUP,
+    &RESTORE_ORDERS,
+];
 
 /// SCRIPT LOAD every script but the purchase one (see the module doc: the fence), so the first
 /// call after a (re)start needs no second trip.
@@ -82,7 +90,8 @@ pub async fn lift_fence(conn: &mut impl ConnectionLike) -> RedisResult<()> {
 /// Whether sales are fenced: the purchase script is not loaded (Redis (re)started or was
 /// flushed, and no worker has reconciled it with the ledger yet).
 pub async fn is_fenced(conn: &mut impl ConnectionLike) -> RedisResult<bool> {
-    let present: Vec<i64> = redis::cmd("SCRIPT").arg("EXISTS").arg(PURCHASE.get_hash()).query_async(conn).await?;
+    let present: Vec<i64> =
+        redis::cmd("SCRIPT").arg("EXISTS").arg(PURCHASE.get_hash()).query_async(conn).await?;
     Ok(present.first() != Some(&1))
 }
 

@@ -1,9 +1,11 @@
-//! Test support for flashsale. Real parts only: every test gets its own `redis-server` on a
-//! free loopback port (never the machine's 6379), and multi-process tests run the real
-//! `flashsale-api` and `flashsale-worker` binaries.
+//! Test support for flashsale. Real parts only: every test gets its own `redis-server` (and
+//! PostgreSQL, when it needs one) on a free loopback port (never the machine's 6379 or 5432),
+//! and multi-process tests run the real `flashsale-api` and `flashsale-worker` binaries.
 //!
 //! - [`RedisServer`]: a private Redis that can be killed and restarted on the same port and
 //!   directory (for durability tests).
+//! - [`Postgres`]: a private PostgreSQL (`initdb` on a free port, database `flashsale`) that
+//!   can be stopped, restarted, killed and paused, with [`Postgres::psql`] to inspect rows.
 //! - [`Gateway`], [`Worker`]: the binaries as child processes, with signals.
 //! - [`Api`]: a small HTTP client for the routes, returning status, headers and JSON.
 //! - [`assert_books_balance`]: the invariant every fault test ends with.

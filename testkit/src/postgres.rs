@@ -34,7 +34,7 @@ const TEMPLATE_FORMAT: u32 = 2;
 ///
 /// `start()` copies a template data directory made once by `initdb` and kept across test
 /// runs (`template()` in this file says where and why), so it costs a directory copy and a
-/// server start, not an `initdb`: about 0.15-0.3 s here, against 1.4-2.3 s for a start that
+/// server start, not an `initdb`: about 0.15-0.3 s here, against 1.4-2.8 s for a start that
 /// has to make the template first. As root (PostgreSQL refuses to
 /// run as root) `initdb` and `postgres` run as the `postgres` user, which owns the directory;
 /// otherwise as the current user. Dropping it stops the server (immediate shutdown) and

@@ -69,20 +69,35 @@ pub async fn run_to_exit(
 struct Proc {
     child: Option<Child>,
     name: String,
+    /// Where its output goes when `TEST_LOG` is not set (shown when it dies at start-up).
+    output: Option<tempfile::NamedTempFile>,
 }
 
 impl Proc {
     fn spawn(name: &str, env: &[(&str, String)]) -> Self {
         let mut cmd = Command::new(binary(name));
         cmd.env_remove("ADMIN_TOKEN").env("LOG_FORMAT", "text").stdin(Stdio::null());
+        let mut output = None;
         if std::env::var_os("TEST_LOG").is_none() {
-            cmd.env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::null());
+            let file = tempfile::NamedTempFile::new().expect("temp file");
+            let out = file.reopen().expect("reopen");
+            let err = file.reopen().expect("reopen");
+            cmd.env("RUST_LOG", "warn").stdout(Stdio::from(out)).stderr(Stdio::from(err));
+            output = Some(file);
         }
         for (k, v) in env {
             cmd.env(k, v);
         }
         let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        Self { child: Some(child), name: name.to_owned() }
+        Self { child: Some(child), name: name.to_owned(), output }
+    }
+
+    /// The last lines the process printed (when its output was captured).
+    fn last_output(&self) -> String {
+        let Some(file) = &self.output else { return "(see its output above: TEST_LOG is set)".into() };
+        let text = std::fs::read_to_string(file.path()).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(20).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
     }
 
     fn pid(&self) -> Pid {
@@ -125,7 +140,7 @@ async fn wait_http_ok(url: &str, timeout: Duration, proc: &mut Proc) {
     let client = reqwest::Client::new();
     let deadline = Instant::now() + timeout;
     loop {
-        assert!(proc.is_running(), "{} exited during start-up", proc.name);
+        assert!(proc.is_running(), "{} exited during start-up:\n{}", proc.name, proc.last_output());
         if let Ok(r) = client.get(url).timeout(Duration::from_millis(500)).send().await
             && r.status().is_success()
         {
@@ -211,8 +226,16 @@ impl Worker {
         wait_http_ok(&url, Duration::from_secs(20), &mut self.proc).await;
     }
 
-    /// Starts the same worker again (same name, same settings) after it exited or was killed.
+    /// Starts the same worker again (same name, same settings) after it exited or was killed,
+    /// on a fresh metrics port: while it was down, another test may have been handed the old
+    /// one.
     pub async fn restart(&mut self) {
+        self.metrics_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        for (k, v) in self.env.iter_mut() {
+            if k == "METRICS_ADDR" {
+                *v = self.metrics_addr.to_string();
+            }
+        }
         self.proc = Self::spawn(&self.env);
         self.wait_healthy().await;
     }

@@ -55,8 +55,13 @@ pub(crate) async fn fence_loop(ctx: Arc<Ctx>) {
                 streak.succeeded();
                 ctx.metrics.reconciliations.increment(1);
                 ctx.metrics.orders_restored.increment(restored);
-                tracing::info!(events, restored, corrected, took_ms = started.elapsed().as_millis() as u64,
-                    "Redis reconciled with the ledger: sales may resume");
+                tracing::info!(
+                    events,
+                    restored,
+                    corrected,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "Redis reconciled with the ledger: sales may resume"
+                );
             }
             Err(Blocked::Redis(error)) => streak.failed(&ctx, &error).await,
             Err(Blocked::Ledger(why)) => {
@@ -97,12 +102,16 @@ async fn reconcile(ctx: &Ctx) -> Result<(usize, u64, u64), Blocked> {
                         confirmed: o.status == Status::Confirmed,
                         quantity: o.quantity,
                         created_ms: to_unix_ms(o.created_at),
-                        finalized_ms: o.finalized_at.map(to_unix_ms).unwrap_or_else(|| to_unix_ms(o.created_at)),
+                        finalized_ms: o
+                            .finalized_at
+                            .map(to_unix_ms)
+                            .unwrap_or_else(|| to_unix_ms(o.created_at)),
                         user_id: &o.user_id,
                         scope: &o.scope,
                     })
                     .collect();
-                let (r, c) = event::restore(&mut conn, &keys, &config, ms(recorded.purge_at), &orders).await?;
+                let (r, c) =
+                    event::restore(&mut conn, &keys, &config, ms(recorded.purge_at), &orders).await?;
                 restored += r;
                 corrected += c;
             }

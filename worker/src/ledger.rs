@@ -49,6 +49,7 @@ pub(crate) async fn record(
 ) -> Result<Vec<Option<String>>, Blocked> {
     let named: Vec<&str> = entries.iter().filter_map(|e| e.order_id.as_deref()).collect();
     let mut conn = ctx.redis.get();
+    record_event_once(ctx, &mut conn, &stream.event).await?;
     let records = order::load_many(&mut conn, &stream.keys, &named).await?;
     let mut records = records.into_iter();
     let now = OffsetDateTime::now_utc();

@@ -21,8 +21,17 @@ async fn probes_report_process_and_redis() {
     app.api.get_event("drop").await.assert_problem(503, "unavailable");
     assert_eq!(app.api.send(Method::GET, "/healthz", &[], None).await.status, StatusCode::OK);
 
-    // Back by itself once Redis is back (this one starts empty: scripts reload on NOSCRIPT).
+    // Redis is back (empty: scripts reload on NOSCRIPT), but nothing sells until a worker has
+    // reconciled it with the ledger (the fence); then the gateway is ready by itself.
     app.redis.restart();
+    let fenced = testkit::wait_until(Duration::from_secs(10), "Redis to answer again", || async {
+        let reply = app.api.send(Method::GET, "/readyz", &[], None).await;
+        reply.body["detail"].as_str().is_some_and(|d| d.contains("reconciled")).then_some(reply)
+    })
+    .await;
+    fenced.assert_problem(503, "unavailable");
+    app.api.purchase("drop", "alice", 1, None).await.assert_problem(503, "unavailable");
+    app.start_worker().await;
     testkit::wait_until(Duration::from_secs(10), "readiness after Redis restart", || async {
         (app.api.send(Method::GET, "/readyz", &[], None).await.status == StatusCode::OK).then_some(())
     })
