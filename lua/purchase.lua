@@ -20,7 +20,8 @@
 --   {'idempotency_key_mismatch', order_id, record} same scope, different payload
 --   {'event_not_found'}
 --   {'quantity_over_limit', per_user_limit}
---   {'sale_not_active'}
+--   {'sale_paused'}                                an operator paused the sale
+--   {'sale_not_active'}                            outside the window, or ended by an operator
 --   {'sold_out', remaining}
 --   {'limit_exceeded', units_held, per_user_limit}
 -- Precedence: a replay wins in every state of the event; stock is checked before the
@@ -31,7 +32,7 @@
 -- first, and losing an idempotency entry would let a retry buy twice. The worker removes the
 -- idempotency entries and user totals once the event's retention has passed (purge.lua).
 
-local ev = redis.call('HMGET', KEYS[1], 'remaining', 'limit', 'starts', 'ends')
+local ev = redis.call('HMGET', KEYS[1], 'remaining', 'limit', 'starts', 'ends', 'state')
 if not ev[1] then
   return {'event_not_found'}
 end
@@ -45,6 +46,13 @@ if prior then
     return {'idempotency_key_mismatch', prior, record}
   end
   return {'replayed', prior, record}
+end
+
+-- An operator paused or ended the sale (lua/control.lua): nothing new sells.
+if ev[5] == 'paused' then
+  return {'sale_paused'}
+elseif ev[5] == 'ended' then
+  return {'sale_not_active'}
 end
 
 local limit = tonumber(ev[2])

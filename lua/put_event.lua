@@ -12,10 +12,10 @@
 --
 -- Event hash fields: stock, remaining, confirmed (units finalized by the worker), accepted
 -- (orders ever accepted), limit, name, starts, ends, purge_at, created (ms), purged (ms, set
--- by purge.lua).
+-- by purge.lua), state ('paused' | 'ended', set by control.lua), paused_at, ended_at.
 -- Returns 'created' | 'unchanged' | 'replaced' | 'conflict'.
 
-local cur = redis.call('HMGET', KEYS[1], 'stock', 'limit', 'name', 'starts', 'ends', 'accepted', 'purge_at')
+local cur = redis.call('HMGET', KEYS[1], 'stock', 'limit', 'name', 'starts', 'ends', 'accepted', 'purge_at', 'state')
 local function write(status)
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -31,13 +31,14 @@ if not cur[1] then
 end
 if cur[1] == ARGV[1] and cur[2] == ARGV[2] and cur[3] == ARGV[3] and cur[4] == ARGV[4]
     and cur[5] == ARGV[5] then
-  if cur[7] ~= ARGV[6] and tonumber(cur[6]) == 0 then
+  if cur[7] ~= ARGV[6] and tonumber(cur[6]) == 0 and not cur[8] then
     -- Same event, new retention setting on the gateway: adopt it while nothing depends on it.
     redis.call('HSET', KEYS[1], 'purge_at', ARGV[6])
   end
   return 'unchanged'
 end
-if tonumber(cur[6]) > 0 then
+-- Sales, or an operator's pause or end: the configuration is frozen.
+if tonumber(cur[6]) > 0 or cur[8] then
   return 'conflict'
 end
 return write('replaced')

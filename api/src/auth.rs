@@ -14,9 +14,16 @@ use subtle::ConstantTimeEq;
 use crate::AppState;
 use crate::error::ApiError;
 
-/// Proof that the request carried the admin token.
+/// Proof that the request carried the admin token. Displays as who it was for audit lines:
+/// never the token itself.
 #[derive(Debug)]
 pub struct Admin;
+
+impl std::fmt::Display for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("admin")
+    }
+}
 
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;

@@ -56,6 +56,16 @@ pub enum ApiError {
     LimitExceeded { held: u32, limit: u32 },
     #[error("sale not active")]
     SaleNotActive,
+    #[error("sale paused")]
+    SalePaused,
+    #[error("the sale is not paused")]
+    NotPaused,
+    #[error("the dead letter is not pending a decision")]
+    DeadLetterNotFound,
+    #[error("the order of this dead letter is not pending")]
+    NotPending { status: String },
+    #[error("the ledger is not configured")]
+    NoLedger,
     #[error("idempotency key reused with a different payload")]
     IdempotencyKeyMismatch { order_id: OrderId },
     #[error("Redis unavailable ({why:?}): {cause}")]
@@ -167,6 +177,11 @@ impl ApiError {
             Self::SoldOut => (S::CONFLICT, "sold_out", "Sold out"),
             Self::LimitExceeded { .. } => (S::CONFLICT, "limit_exceeded", "Per-user limit exceeded"),
             Self::SaleNotActive => (S::CONFLICT, "sale_not_active", "Sale not active"),
+            Self::SalePaused => (S::CONFLICT, "sale_paused", "Sale paused"),
+            Self::NotPaused => (S::CONFLICT, "not_paused", "Sale not paused"),
+            Self::DeadLetterNotFound => (S::NOT_FOUND, "dead_letter_not_found", "Dead letter not found"),
+            Self::NotPending { .. } => (S::CONFLICT, "order_not_pending", "Order not pending"),
+            Self::NoLedger => (S::NOT_IMPLEMENTED, "ledger_not_configured", "Ledger not configured"),
             Self::IdempotencyKeyMismatch { .. } => {
                 (S::UNPROCESSABLE_ENTITY, "idempotency_key_mismatch", "Idempotency key mismatch")
             }
@@ -235,7 +250,19 @@ impl ApiError {
             Self::LimitExceeded { held, limit } => {
                 format!("This user already holds {held} of at most {limit} units for this event.")
             }
-            Self::SaleNotActive => "The event is not on sale now (before starts_at or after ends_at).".into(),
+            Self::SaleNotActive => {
+                "The event is not on sale now (before starts_at, after ends_at, or ended by an operator)."
+                    .into()
+            }
+            Self::SalePaused => "An operator paused this sale; it may resume. Retry later.".into(),
+            Self::NotPaused => "Only a paused sale can be resumed.".into(),
+            Self::DeadLetterNotFound => {
+                "This event has no such dead letter (it may have been resolved).".into()
+            }
+            Self::NotPending { status } => {
+                format!("The order is {status}, not pending: there is nothing to redrive.")
+            }
+            Self::NoLedger => "This gateway has no DATABASE_URL: the ledger cannot be read here.".into(),
             Self::IdempotencyKeyMismatch { order_id } => format!(
                 "This idempotency scope was used for order {order_id} with a different payload; \
                  use a new Idempotency-Key for a different purchase."
@@ -345,6 +372,7 @@ fn constant_body(code: &str) -> Option<&'static [u8]> {
         [
             ApiError::SoldOut,
             ApiError::SaleNotActive,
+            ApiError::SalePaused,
             ApiError::RequestTimeout,
             ApiError::EventNotFound,
             ApiError::OrderNotFound,

@@ -204,9 +204,15 @@ pub fn observed(routes: Router<AppState>, state: AppState) -> Router {
 
 /// The documented routes: each handler's `#[utoipa::path]` gives its method and path.
 fn api_routes() -> OpenApiRouter<AppState> {
-    use routes::{events, health, orders, purchases};
+    use routes::{control, dead_letters, events, health, orders, purchases};
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(events::put_event, events::get_event))
+        .routes(routes!(control::pause))
+        .routes(routes!(control::resume))
+        .routes(routes!(control::end))
+        .routes(routes!(dead_letters::list))
+        .routes(routes!(dead_letters::redrive))
+        .routes(routes!(dead_letters::fail))
         .routes(routes!(purchases::create))
         .routes(routes!(orders::get_order))
         .routes(routes!(health::healthz))

@@ -1,7 +1,7 @@
 //! The gateway's Prometheus series. Names are a contract for dashboards and alerts.
 //!
 //! - `flashsale_purchases_total{outcome}`: accepted, replayed, sold_out, limit_exceeded,
-//!   sale_not_active, rejected (any other 4xx), error (5xx).
+//!   sale_not_active, sale_paused, rejected (any other 4xx), error (5xx).
 //! - `flashsale_purchase_duration_seconds`: purchase latency, all outcomes.
 //! - `flashsale_sold_out_local_total`: purchases answered `sold_out` from the local flag.
 //! - `flashsale_http_requests_total{method,route,status}` and
@@ -56,6 +56,7 @@ pub struct ApiMetrics {
     sold_out: Counter,
     limit_exceeded: Counter,
     sale_not_active: Counter,
+    sale_paused: Counter,
     rejected: Counter,
     error: Counter,
     purchase_duration: Histogram,
@@ -78,6 +79,7 @@ impl ApiMetrics {
             sold_out: outcome("sold_out"),
             limit_exceeded: outcome("limit_exceeded"),
             sale_not_active: outcome("sale_not_active"),
+            sale_paused: outcome("sale_paused"),
             rejected: outcome("rejected"),
             error: outcome("error"),
             purchase_duration: registry.histogram(
@@ -115,6 +117,7 @@ impl ApiMetrics {
             (_, Some("sold_out")) => &self.sold_out,
             (_, Some("limit_exceeded")) => &self.limit_exceeded,
             (_, Some("sale_not_active")) => &self.sale_not_active,
+            (_, Some("sale_paused")) => &self.sale_paused,
             (s, _) if s >= 500 => &self.error,
             _ => &self.rejected,
         };

@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::domain::EventId;
 use crate::keys::CONSUMER_GROUP;
 use crate::keys::{self, EventKeys};
-use crate::scripts::{self, PURGE, PUT_EVENT, REMOVE_EVENT, RESTORE_ORDERS};
+use crate::scripts::{self, CONTROL, PURGE, PUT_EVENT, REMOVE_EVENT, RESTORE_ORDERS};
 
 /// What an operator sets with `PUT /v1/events/{id}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,6 +102,8 @@ pub enum EventState {
     Upcoming,
     Live,
     SoldOut,
+    /// An operator paused the sale; it may be resumed.
+    Paused,
     Ended,
 }
 
@@ -128,15 +130,91 @@ pub struct EventSnapshot {
     pub accepted: u64,
     /// When the idempotency entries and user totals go (`ends_at` + retention).
     pub purge_at_ms: Option<i64>,
+    /// What an operator decided (`lua/control.lua`), if anything.
+    pub control: Option<Control>,
     /// Redis server time when the snapshot was read.
     pub now_ms: i64,
 }
 
 impl EventSnapshot {
     pub fn state(&self) -> EventState {
+        match self.control {
+            Some(Control::Ended) => return EventState::Ended,
+            Some(Control::Paused) => return EventState::Paused,
+            None => {}
+        }
         window_state(self.config.starts_at_ms, self.config.ends_at_ms, self.now_ms)
             .unwrap_or(if self.remaining == 0 { EventState::SoldOut } else { EventState::Live })
     }
+}
+
+/// An operator's decision on a sale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Paused,
+    Ended,
+}
+
+/// What an operator asks of a live sale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ControlAction {
+    Pause,
+    Resume,
+    End,
+}
+
+/// What [`control`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ControlOutcome {
+    Paused,
+    Resumed,
+    Ended,
+    /// It already was in the state asked for.
+    Unchanged,
+    NotFound,
+    /// Pause or resume of an ended sale: an end is final.
+    EndedAlready,
+    /// Resume of a sale that is not paused.
+    NotPaused,
+}
+
+/// Pauses, resumes or ends a sale atomically (`lua/control.lua`) and tells every gateway.
+/// After an end the idempotency entries go `retention` from now (or earlier, as planned).
+pub async fn control(
+    conn: &mut impl ConnectionLike,
+    id: &EventId,
+    action: ControlAction,
+    retention: Duration,
+) -> RedisResult<ControlOutcome> {
+    let keys = EventKeys::new(id);
+    let action_arg = match action {
+        ControlAction::Pause => "pause",
+        ControlAction::Resume => "resume",
+        ControlAction::End => "end",
+    };
+    let retention_ms = u64::try_from(retention.as_millis()).unwrap_or(u64::MAX);
+    let outcome: String = CONTROL
+        .key(&keys.event)
+        .arg(action_arg)
+        .arg(id.as_str())
+        .arg(keys::STOCK_RETURNED_CHANNEL)
+        .arg(retention_ms)
+        .invoke_async(conn)
+        .await?;
+    Ok(match outcome.as_str() {
+        "paused" => ControlOutcome::Paused,
+        "resumed" => ControlOutcome::Resumed,
+        "ended" => ControlOutcome::Ended,
+        "unchanged" => ControlOutcome::Unchanged,
+        "not_found" => ControlOutcome::NotFound,
+        "ended_already" => ControlOutcome::EndedAlready,
+        "not_paused" => ControlOutcome::NotPaused,
+        other => {
+            return Err(scripts::unexpected("a control outcome", &redis::Value::SimpleString(other.into())));
+        }
+    })
 }
 
 /// The event, or `None` when it was never created.
@@ -162,6 +240,11 @@ pub async fn load(conn: &mut impl ConnectionLike, id: &EventId) -> RedisResult<O
         confirmed: num("confirmed").unwrap_or(0).max(0) as u64,
         accepted: num("accepted").unwrap_or(0).max(0) as u64,
         purge_at_ms: num("purge_at"),
+        control: match text("state").as_deref() {
+            Some("paused") => Some(Control::Paused),
+            Some("ended") => Some(Control::Ended),
+            _ => None,
+        },
         now_ms: secs * 1000 + micros / 1000,
     }))
 }

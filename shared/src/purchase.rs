@@ -43,6 +43,8 @@ pub enum PurchaseOutcome {
         limit: u32,
     },
     SaleNotActive,
+    /// An operator paused the sale.
+    SalePaused,
     SoldOut {
         remaining: u64,
     },
@@ -104,6 +106,7 @@ fn parse(reply: Reply) -> RedisResult<PurchaseOutcome> {
         "event_not_found" => PurchaseOutcome::EventNotFound,
         "quantity_over_limit" => PurchaseOutcome::QuantityOverLimit { limit: reply.int(1)? as u32 },
         "sale_not_active" => PurchaseOutcome::SaleNotActive,
+        "sale_paused" => PurchaseOutcome::SalePaused,
         "sold_out" => PurchaseOutcome::SoldOut { remaining: reply.int(1)?.max(0) as u64 },
         "limit_exceeded" => {
             PurchaseOutcome::LimitExceeded { held: reply.int(1)? as u32, limit: reply.int(2)? as u32 }

@@ -58,9 +58,10 @@ pub static REMOVE_EVENT: LuaScript = lua!("remove_event.lua");
 pub static ENSURE_GROUP: LuaScript = lua!("ensure_group.lua");
 
 pub static RESTORE_ORDERS: LuaScript = lua!("restore_orders.lua");
+pub static CONTROL: LuaScript = lua!("control.lua");
 
 /// Every script but the purchase one (the fence).
-static ALL: [&LuaScript; 8] = [
+static ALL: [&LuaScript; 9] = [
     &PUT_EVENT,
     &FINALIZE,
     &TRIM,
@@ -69,6 +70,7 @@ static ALL: [&LuaScript; 8] = [
     &REMOVE_EVENT,
     &ENSURE_GROUP,
     &RESTORE_ORDERS,
+    &CONTROL,
 ];
 
 /// SCRIPT LOAD every script but the purchase one (see the module doc: the fence), so the first

@@ -24,6 +24,8 @@ const ACCEPTED: &str = "accepted";
 const LIMIT: &str = "limit";
 const STARTS: &str = "starts";
 const ENDS: &str = "ends";
+/// Set while an operator paused or ended the sale: then no flag may answer for it.
+const STATE: &str = "state";
 
 /// Scopes per `HSCAN` call: a hint to Redis, which may return a few more or fewer.
 pub const SCAN_COUNT: usize = crate::scripts::SCAN_CHUNK;
@@ -51,9 +53,13 @@ pub async fn counters_and_rules(
 ) -> RedisResult<Option<(Counters, Rules)>> {
     let fields: Vec<Option<String>> = redis::cmd("HMGET")
         .arg(&keys.event)
-        .arg(&[REMAINING, ACCEPTED, LIMIT, STARTS, ENDS])
+        .arg(&[REMAINING, ACCEPTED, LIMIT, STARTS, ENDS, STATE])
         .query_async(conn)
         .await?;
+    if fields.get(5).is_some_and(Option::is_some) {
+        // Paused or ended: purchases get the script's answer, never a local sold_out.
+        return Ok(None);
+    }
     // `starts` and `ends` are '' when absent.
     let num = |i: usize| fields.get(i).and_then(|v| v.as_deref()).and_then(|v| v.parse::<i64>().ok());
     let (Some(remaining), Some(accepted), Some(limit)) = (num(0), num(1), num(2)) else { return Ok(None) };
@@ -67,20 +73,21 @@ pub async fn counters_and_rules(
 }
 
 /// The counters of several events in one pipelined round trip, in order; `None` for an event
-/// that no longer exists.
+/// that no longer exists or that an operator paused or ended.
 pub async fn counters<'a>(
     conn: &mut impl ConnectionLike,
     events: impl IntoIterator<Item = &'a EventKeys>,
 ) -> RedisResult<Vec<Option<Counters>>> {
     let mut pipe = redis::pipe();
     for keys in events {
-        pipe.cmd("HMGET").arg(&keys.event).arg(&[REMAINING, ACCEPTED]);
+        pipe.cmd("HMGET").arg(&keys.event).arg(&[REMAINING, ACCEPTED, STATE]);
     }
-    let rows: Vec<(Option<u64>, Option<u64>)> = pipe.query_async(conn).await?;
+    let rows: Vec<(Option<u64>, Option<u64>, Option<String>)> = pipe.query_async(conn).await?;
     Ok(rows
         .into_iter()
         .map(|row| match row {
-            (Some(remaining), Some(accepted)) => Some(Counters { remaining, accepted }),
+            // A paused or ended sale holds no sold-out flag: `None`, as for a gone event.
+            (Some(remaining), Some(accepted), None) => Some(Counters { remaining, accepted }),
             _ => None,
         })
         .collect())

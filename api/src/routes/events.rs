@@ -157,7 +157,7 @@ impl EventView {
 }
 
 /// The event from Redis, or from the ledger once it has left Redis.
-async fn load(state: &AppState, id: &EventId) -> Result<EventView, ApiError> {
+pub(crate) async fn load(state: &AppState, id: &EventId) -> Result<EventView, ApiError> {
     let snapshot = state.redis(false, |mut conn| async move { event::load(&mut conn, id).await }).await?;
     if let Some(snapshot) = snapshot {
         return Ok(EventView::new(id, snapshot));

@@ -1,5 +1,7 @@
 //! One module per resource; the router in `lib.rs` lists every route in one place.
 
+pub mod control;
+pub mod dead_letters;
 pub mod events;
 pub mod health;
 pub mod orders;

@@ -122,6 +122,7 @@ pub async fn create(
             format!("must be between 1 and this event's per_user_limit ({limit})"),
         ))),
         PurchaseOutcome::SaleNotActive => Err(ApiError::SaleNotActive),
+        PurchaseOutcome::SalePaused => Err(ApiError::SalePaused),
         PurchaseOutcome::SoldOut { remaining } => {
             state.observe_remaining(&event, remaining);
             Err(ApiError::SoldOut)

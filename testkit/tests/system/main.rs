@@ -9,5 +9,6 @@ mod common;
 mod faults;
 mod hardening;
 mod ledger;
+mod operators;
 mod sale;
 mod slowlog;

@@ -1,0 +1,148 @@
+//! Operators in control: a sale paused, resumed and ended through one gateway is obeyed by
+//! every gateway at once; dead letters are listed and resolved over HTTP.
+
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use testkit::{ADMIN_TOKEN, Api, Gateway, Postgres, RedisServer, Worker, wait_drained, wait_until};
+
+use crate::common::{FAST_WORKER, crowd};
+
+async fn admin(api: &Api, method: Method, path: &str) -> testkit::Reply {
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    api.send(method, path, &[("authorization", &auth)], None).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sale_paused_on_one_gateway_is_refused_by_the_other_within_100_ms() {
+    let redis = RedisServer::start();
+    let pg = Postgres::start();
+    let (a, b) = (Gateway::start(&redis.url(), &[]).await, Gateway::start(&redis.url(), &[]).await);
+    let (a, b) = (a.api(), b.api());
+    let _worker = Worker::start(&redis.url(), &pg.url(), "worker-a", FAST_WORKER).await;
+    a.create_event("open", 100, 1).await;
+    a.create_event("gone", 3, 1).await;
+    let early = b.purchase("open", "early", 1, None).await;
+    assert_eq!(early.status, StatusCode::ACCEPTED);
+    // "gone" is sold out, and gateway b answers it from its local flag.
+    assert_eq!(crowd(std::slice::from_ref(&b), "gone", 10, 4).await.count(202), 3);
+    wait_until(Duration::from_secs(5), "b's local sold-out flag", || async {
+        let metrics = b.metrics().await;
+        let before = testkit::metric_value(&metrics, "flashsale_sold_out_local_total", &[]).unwrap_or(0.0);
+        b.purchase("gone", "probe", 1, None).await;
+        let after =
+            testkit::metric_value(&b.metrics().await, "flashsale_sold_out_local_total", &[]).unwrap_or(0.0);
+        (after > before).then_some(())
+    })
+    .await;
+
+    for event in ["open", "gone"] {
+        let paused = admin(&a, Method::POST, &format!("/v1/events/{event}/pause")).await;
+        assert_eq!(
+            (paused.status, paused.body["state"].as_str()),
+            (StatusCode::OK, Some("paused")),
+            "{paused:?}"
+        );
+    }
+    let since = Instant::now();
+    // Within 100 ms every gateway refuses: b answers from Redis, its flag dropped.
+    let first = wait_until(Duration::from_secs(2), "b to refuse", || async {
+        let reply = b.purchase("gone", "late", 1, None).await;
+        (reply.code() == "sale_paused").then_some(since.elapsed())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100).saturating_sub(since.elapsed())).await;
+    for (api, event) in [(&b, "open"), (&b, "gone"), (&a, "open")] {
+        api.purchase(event, "someone-new", 1, None).await.assert_problem(409, "sale_paused");
+    }
+    println!("b refused the paused sale {first:?} after the pause");
+    // A replay of an accepted order still answers 200; the event shows its state.
+    let replay = b.purchase("open", "early", 1, None).await;
+    assert_eq!(
+        (replay.status, replay.body["order_id"].clone()),
+        (StatusCode::OK, early.body["order_id"].clone())
+    );
+    assert_eq!(b.get_event("open").await.body["state"], "paused");
+
+    let resumed = admin(&b, Method::POST, "/v1/events/open/resume").await;
+    assert_eq!(resumed.body["state"], "live", "{resumed:?}");
+    assert_eq!(a.purchase("open", "after-resume", 1, None).await.status, StatusCode::ACCEPTED);
+    admin(&a, Method::POST, "/v1/events/open/resume").await.assert_problem(409, "not_paused");
+
+    let ended = admin(&a, Method::POST, "/v1/events/open/end").await;
+    assert_eq!(ended.body["state"], "ended", "{ended:?}");
+    b.purchase("open", "after-end", 1, None).await.assert_problem(409, "sale_not_active");
+    assert_eq!(b.purchase("open", "early", 1, None).await.status, StatusCode::OK, "replays survive the end");
+    admin(&b, Method::POST, "/v1/events/open/resume").await.assert_problem(409, "sale_not_active");
+    admin(&b, Method::POST, "/v1/events/nope/pause").await.assert_problem(404, "event_not_found");
+    // Deny by default.
+    b.send(Method::POST, "/v1/events/gone/resume", &[], None).await.assert_problem(401, "unauthorized");
+    assert_eq!(b.get_event("gone").await.body["state"], "paused");
+    let books = wait_drained(&redis.url(), "open", Duration::from_secs(10)).await;
+    assert_eq!(books.units_confirmed, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dead_letters_are_listed_redriven_and_failed_over_http() {
+    let redis = RedisServer::start();
+    let pg = Postgres::start();
+    let gateway = Gateway::start(&redis.url(), &[]).await;
+    let api = gateway.api();
+    api.create_event("drop", 3, 1).await;
+    let alice = api.purchase("drop", "alice", 1, None).await.body["order_id"].as_str().unwrap().to_owned();
+    let bob = api.purchase("drop", "bob", 1, None).await.body["order_id"].as_str().unwrap().to_owned();
+    let mut conn = redis.conn().await;
+    let keys = flashsale_shared::EventKeys::new(&flashsale_shared::EventId::parse("drop").unwrap());
+    // Corrupt data that makes the confirm step fail: both entries end up parked.
+    let _: () = redis::cmd("HSET")
+        .arg(&keys.event)
+        .arg("confirmed")
+        .arg("garbage")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let knobs = [FAST_WORKER, &[("MAX_DELIVERIES", "1")]].concat();
+    let _worker = Worker::start(&redis.url(), &pg.url(), "worker-a", &knobs).await;
+    let page = wait_until(Duration::from_secs(15), "both entries parked", || async {
+        let page = admin(&api, Method::GET, "/v1/events/drop/dead-letters").await;
+        (page.body["dead_letters"].as_array().map(Vec::len) == Some(2)).then_some(page)
+    })
+    .await;
+    let letters: Vec<Value> = page.body["dead_letters"].as_array().unwrap().clone();
+    assert!(letters.iter().all(|l| l["parked"] == true && l["reason"] == "max_attempts"), "{letters:?}");
+    api.send(Method::GET, "/v1/events/drop/dead-letters", &[], None)
+        .await
+        .assert_problem(401, "unauthorized");
+    let id_of = |order: &str| {
+        letters.iter().find(|l| l["order_id"] == order).unwrap()["id"].as_str().unwrap().to_owned()
+    };
+
+    let _: () =
+        redis::cmd("HSET").arg(&keys.event).arg("confirmed").arg(0).query_async(&mut conn).await.unwrap();
+    let redriven =
+        admin(&api, Method::POST, &format!("/v1/events/drop/dead-letters/{}/redrive", id_of(&alice))).await;
+    assert_eq!(
+        (redriven.status, redriven.body["outcome"].as_str()),
+        (StatusCode::OK, Some("redriven")),
+        "{redriven:?}"
+    );
+    let failed =
+        admin(&api, Method::POST, &format!("/v1/events/drop/dead-letters/{}/fail", id_of(&bob))).await;
+    assert_eq!(failed.body["outcome"], "failed", "{failed:?}");
+    admin(&api, Method::POST, &format!("/v1/events/drop/dead-letters/{}/fail", id_of(&bob)))
+        .await
+        .assert_problem(404, "dead_letter_not_found");
+    admin(&api, Method::POST, "/v1/events/drop/dead-letters/not-an-id/fail")
+        .await
+        .assert_problem(422, "invalid_fields");
+    api.wait_order_status("drop", &alice, "confirmed").await;
+    let books = wait_drained(&redis.url(), "drop", Duration::from_secs(15)).await;
+    assert_eq!(
+        (books.units_confirmed, books.units_failed, books.dead_letters, books.remaining),
+        (1, 1, 0, 2)
+    );
+    // The ledger has both final states.
+    let rows = pg.psql("select status from orders where event_id = 'drop' order by status");
+    assert_eq!(rows.lines().collect::<Vec<_>>(), ["confirmed", "failed"]);
+}
