@@ -41,6 +41,12 @@ pub struct Config {
     #[arg(long, env = "LISTEN_ADDR", default_value = DEFAULT_LISTEN_ADDR)]
     pub listen_addr: SocketAddr,
 
+    /// Where admin routes and `/metrics` are served. Unset: on `LISTEN_ADDR` with everything
+    /// else. Set (e.g. a private interface): only there, and `LISTEN_ADDR` serves only the
+    /// public routes.
+    #[arg(long, env = "ADMIN_LISTEN_ADDR")]
+    pub admin_listen_addr: Option<SocketAddr>,
+
     /// Bearer token for admin routes (at least 16 printable characters). Unset: admin routes
     /// answer 401 to everyone.
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true,
@@ -129,6 +135,7 @@ impl Config {
         Self {
             listen_addr: DEFAULT_LISTEN_ADDR.parse().expect("a valid default address"),
             admin_token: None,
+            admin_listen_addr: None,
             redis,
             ledger: flashsale_ledger::LedgerArgs::none(),
             log: LogArgs::default(),

@@ -177,16 +177,40 @@ impl AppState {
     }
 }
 
-/// Every route, behind the gateway's middleware (see [`observed`]). The OpenAPI document is
-/// generated from the same list of handlers and served at `/openapi.json`.
-pub fn router(state: AppState) -> Router {
-    let (routes, openapi) = api_routes().split_for_parts();
+/// Which routes a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routes {
+    /// Everything (one listener, `ADMIN_LISTEN_ADDR` unset).
+    All,
+    /// What buyers use: purchases, order and event reads, probes, the OpenAPI document.
+    Public,
+    /// What operators use: event writes, sale control, listings, dead letters, `/metrics`
+    /// (and the probes).
+    Admin,
+}
+
+/// The routes of `which`, behind the gateway's middleware (see [`observed`]). The OpenAPI
+/// document (every route, whichever listener serves it) is generated from the same lists of
+/// handlers and served at `/openapi.json`.
+pub fn router_for(which: Routes, state: AppState) -> Router {
+    let (_, openapi) = public_routes().merge(admin_routes()).split_for_parts();
     let document = openapi.to_pretty_json().unwrap_or_default();
+    let routes = match which {
+        Routes::All => public_routes().merge(admin_routes()),
+        Routes::Public => public_routes(),
+        Routes::Admin => admin_routes().merge(probe_routes()),
+    };
+    let (routes, _) = routes.split_for_parts();
     let routes = routes.route(
         "/openapi.json",
         get(move || async move { ([(header::CONTENT_TYPE, "application/json")], document) }),
     );
     observed(routes, state)
+}
+
+/// Every route on one listener.
+pub fn router(state: AppState) -> Router {
+    router_for(Routes::All, state)
 }
 
 /// `routes` with the middleware stack every request goes through (outermost first):
@@ -202,21 +226,35 @@ pub fn observed(routes: Router<AppState>, state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The documented routes: each handler's `#[utoipa::path]` gives its method and path.
-fn api_routes() -> OpenApiRouter<AppState> {
-    use routes::{control, dead_letters, events, health, orders, purchases};
+/// The routes buyers use: each handler's `#[utoipa::path]` gives its method and path.
+fn public_routes() -> OpenApiRouter<AppState> {
+    use routes::{events, orders, purchases};
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
-        .routes(routes!(events::put_event, events::get_event))
+        .routes(routes!(events::get_event))
+        .routes(routes!(purchases::create))
+        .routes(routes!(orders::get_order))
+        .merge(probe_routes())
+}
+
+/// `/healthz` and `/readyz`, served on every listener.
+fn probe_routes() -> OpenApiRouter<AppState> {
+    use routes::health;
+    OpenApiRouter::new().routes(routes!(health::healthz)).routes(routes!(health::readyz))
+}
+
+/// The routes operators use (every one but `/metrics` takes the admin token).
+fn admin_routes() -> OpenApiRouter<AppState> {
+    use routes::{control, dead_letters, events, health, orders};
+    OpenApiRouter::new()
+        .routes(routes!(events::put_event))
+        .routes(routes!(events::list_events))
         .routes(routes!(control::pause))
         .routes(routes!(control::resume))
         .routes(routes!(control::end))
+        .routes(routes!(orders::list_orders))
         .routes(routes!(dead_letters::list))
         .routes(routes!(dead_letters::redrive))
         .routes(routes!(dead_letters::fail))
-        .routes(routes!(purchases::create))
-        .routes(routes!(orders::get_order))
-        .routes(routes!(health::healthz))
-        .routes(routes!(health::readyz))
         .routes(routes!(health::metrics))
 }
 
@@ -228,14 +266,34 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let admin = match config.admin_listen_addr {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot bind ADMIN_LISTEN_ADDR {addr}: {e}"))
+        })?),
+        None => None,
+    };
+    run_with_admin(listener, admin, config, shutdown).await
+}
+
+/// [`run`] with the admin listener bound by the caller (tests bind port 0): with one, admin
+/// routes and `/metrics` are served only there and `listener` serves only public routes.
+pub async fn run_with_admin(
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     config.validate().map_err(std::io::Error::other)?;
     let state = AppState::new(&config).map_err(std::io::Error::other)?;
     if config.admin_token.is_none() {
         tracing::warn!("ADMIN_TOKEN is not set: every admin route answers 401");
     }
+    let admin_addr = admin.as_ref().map(TcpListener::local_addr).transpose()?;
     tracing::info!(
         addr = %listener.local_addr()?,
+        admin = %admin_addr.map_or_else(|| "the same listener".to_owned(), |a| a.to_string()),
         redis = %config.redis.redis_url,
+        ledger = %config.ledger.database_url.as_ref().map_or_else(|| "none".to_owned(), ToString::to_string),
         "flashsale-api listening"
     );
 
@@ -249,7 +307,24 @@ pub async fn run(
     ));
     tokio::spawn(state.sold_out().clone().run(background.clone()));
 
-    serve::serve(listener, router(state), serve::Limits::new(&config), shutdown).await;
+    let limits = serve::Limits::new(&config);
+    match admin {
+        None => serve::serve(listener, router(state), limits, shutdown).await,
+        Some(admin) => {
+            // One shutdown for both listeners.
+            let stopping = CancellationToken::new();
+            let trigger = stopping.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                trigger.cancel();
+            });
+            let admin_app = router_for(Routes::Admin, state.clone());
+            let admin_server = serve::serve(admin, admin_app, limits, stopping.clone().cancelled_owned());
+            let public_server =
+                serve::serve(listener, router_for(Routes::Public, state), limits, stopping.cancelled_owned());
+            tokio::join!(admin_server, public_server);
+        }
+    }
     background.cancel();
     tracing::info!("flashsale-api stopped");
     Ok(())

@@ -404,6 +404,30 @@ impl Ledger {
         .await
     }
 
+    /// Like [`Ledger::page`], only orders with `status`.
+    pub async fn page_with_status(
+        &self,
+        event: &EventId,
+        status: Status,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Vec<LedgerOrder>> {
+        let event = event.as_str().to_owned();
+        let after = after.unwrap_or(Uuid::nil());
+        self.with(|client| async move {
+            let rows = client
+                .query(
+                    "select order_id, event_id, user_id, quantity, status, created_at, finalized_at, scope
+                       from orders where event_id = $1 and status = $2 and order_id > $3
+                      order by order_id limit $4",
+                    &[&event, &status.as_str(), &after, &limit],
+                )
+                .await;
+            Ok(before_migrations(rows, Vec::new())?.iter().filter_map(order_of).collect())
+        })
+        .await
+    }
+
     /// One order of one event (the gateway's read once the event left Redis).
     pub async fn order(&self, event: &EventId, order_id: Uuid) -> Result<Option<LedgerOrder>> {
         let event = event.as_str().to_owned();

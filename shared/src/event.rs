@@ -90,13 +90,25 @@ pub async fn put(
     Ok(outcome)
 }
 
+/// One page of registered event ids (`SSCAN` of `fs:events` from `cursor`, 0 to start; the
+/// walk is over when the returned cursor is 0).
+pub async fn scan(
+    conn: &mut impl ConnectionLike,
+    cursor: u64,
+    count: usize,
+) -> RedisResult<(u64, Vec<EventId>)> {
+    let (next, ids): (u64, Vec<String>) =
+        redis::cmd("SSCAN").arg(keys::EVENTS).arg(cursor).arg("COUNT").arg(count).query_async(conn).await?;
+    Ok((next, ids.into_iter().filter_map(|id| EventId::parse(id).ok()).collect()))
+}
+
 /// Every registered event (what workers consume).
 pub async fn list(conn: &mut impl ConnectionLike) -> RedisResult<Vec<EventId>> {
     let ids: Vec<String> = redis::cmd("SMEMBERS").arg(keys::EVENTS).query_async(conn).await?;
     Ok(ids.into_iter().filter_map(|id| EventId::parse(id).ok()).collect())
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EventState {
     Upcoming,

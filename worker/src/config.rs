@@ -37,6 +37,14 @@ pub enum Command {
     },
     /// Apply the ledger's migrations and exit (the worker also applies them at start-up).
     Migrate,
+    /// Print an event's recorded orders from the ledger (CSV with a header, or one JSON object
+    /// per line), a page at a time.
+    Export {
+        #[arg(long)]
+        event: String,
+        #[arg(long, value_enum, default_value_t = ExportFormat::Csv)]
+        format: ExportFormat,
+    },
     /// List and resolve dead letters: entries the worker could not finalize. A parked one's
     /// order stays pending, its units held, until it is redriven or failed here.
     DeadLetters {
@@ -153,6 +161,12 @@ pub struct Config {
     #[arg(long, env = "STATS_INTERVAL_MS", default_value_t = DEFAULT_STATS_INTERVAL_MS,
           value_parser = clap::value_parser!(u64).range(10..=600_000))]
     pub stats_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    Csv,
+    Jsonl,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -248,3 +248,65 @@ pub async fn get_event(
     let id = super::event_id(event_id)?;
     Ok(Json(load(&state, &id).await?))
 }
+
+/// Most events per page of [`list_events`].
+const MAX_EVENTS_PAGE: usize = 100;
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EventsQuery {
+    /// Only events in this state.
+    state: Option<EventState>,
+    /// `next_cursor` of the previous page.
+    #[param(maximum = 18446744073709551615u64)]
+    cursor: Option<u64>,
+    /// How many events to look at, 1-100 (default 50). A page may hold fewer, even none, when
+    /// a state is asked for: follow `next_cursor` until it is absent.
+    #[param(minimum = 1, maximum = 100)]
+    limit: Option<usize>,
+}
+
+/// A page of events.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EventsPage {
+    events: Vec<EventView>,
+    /// Pass as `cursor` for the next page; absent once every event was seen.
+    next_cursor: Option<u64>,
+}
+
+/// Every event still in Redis, with its state and counts, a page at a time (admin). Events
+/// that have left Redis are in the ledger (`GET /v1/events/{event_id}` still answers for them).
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    tag = "events",
+    params(EventsQuery),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "A page of events", body = EventsPage),
+        (status = 401, description = "Missing or wrong admin token", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 400, description = "`bad_request`: malformed query", body = Problem,
+         content_type = "application/problem+json"),
+        ServerProblems,
+    )
+)]
+pub async fn list_events(
+    _admin: Admin,
+    State(state): State<AppState>,
+    axum::extract::Query(query): axum::extract::Query<EventsQuery>,
+) -> Result<Json<EventsPage>, ApiError> {
+    let limit = query.limit.unwrap_or(50).clamp(1, MAX_EVENTS_PAGE);
+    let cursor = query.cursor.unwrap_or(0);
+    let (next, ids) =
+        state.redis(false, |mut conn| async move { event::scan(&mut conn, cursor, limit).await }).await?;
+    let mut events = Vec::with_capacity(ids.len());
+    for id in &ids {
+        let snapshot = state.redis(false, |mut conn| async move { event::load(&mut conn, id).await }).await?;
+        let Some(snapshot) = snapshot else { continue };
+        if query.state.is_none_or(|wanted| snapshot.state() == wanted) {
+            events.push(EventView::new(id, snapshot));
+        }
+    }
+    Ok(Json(EventsPage { events, next_cursor: (next != 0).then_some(next) }))
+}

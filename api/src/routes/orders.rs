@@ -119,3 +119,90 @@ pub async fn get_order(
     let order = recorded.flatten().ok_or(ApiError::OrderNotFound)?;
     Ok(Json(OrderView::from_ledger(order)))
 }
+
+/// Most orders per page of [`list_orders`].
+const MAX_ORDERS_PAGE: i64 = 1000;
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct OrdersQuery {
+    /// Only `confirmed` or `failed` orders.
+    #[param(value_type = Option<String>, pattern = "^(confirmed|failed)$")]
+    status: Option<String>,
+    /// `next_cursor` of the previous page (an order id).
+    cursor: Option<String>,
+    /// Page size, 1-1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<i64>,
+}
+
+/// A page of an event's recorded orders.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct OrdersPage {
+    orders: Vec<OrderView>,
+    /// Pass as `cursor` for the next page; absent on the last one.
+    next_cursor: Option<String>,
+}
+
+/// An event's finalized orders, from the ledger, by order id (admin). Needs `DATABASE_URL`.
+#[utoipa::path(
+    get,
+    path = "/v1/events/{event_id}/orders",
+    tag = "events",
+    params(crate::routes::EventPath, OrdersQuery),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "A page of orders", body = OrdersPage),
+        (status = 401, description = "Missing or wrong admin token", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 422, description = "`invalid_fields`", body = Problem, content_type = "application/problem+json"),
+        (status = 501, description = "`ledger_not_configured`", body = Problem,
+         content_type = "application/problem+json"),
+        ServerProblems,
+    )
+)]
+pub async fn list_orders(
+    _admin: crate::auth::Admin,
+    State(state): State<AppState>,
+    Path(crate::routes::EventPath { event_id }): Path<crate::routes::EventPath>,
+    axum::extract::Query(query): axum::extract::Query<OrdersQuery>,
+) -> Result<Json<OrdersPage>, ApiError> {
+    let event = super::event_id(event_id)?;
+    let status = match query.status.as_deref() {
+        None => None,
+        Some("confirmed") => Some(flashsale_ledger::Status::Confirmed),
+        Some("failed") => Some(flashsale_ledger::Status::Failed),
+        Some(_) => {
+            return Err(ApiError::invalid(flashsale_shared::InvalidField::new(
+                "status",
+                "must be confirmed or failed",
+            )));
+        }
+    };
+    let cursor = match query.cursor.as_deref() {
+        None => None,
+        Some(text) => Some(
+            OrderId::parse(text)
+                .ok_or_else(|| {
+                    ApiError::invalid(flashsale_shared::InvalidField::new("cursor", "must be an order id"))
+                })?
+                .as_uuid(),
+        ),
+    };
+    let limit = query.limit.unwrap_or(100).clamp(1, MAX_ORDERS_PAGE);
+    let page = state
+        .ledger(|ledger| {
+            let event = event.clone();
+            async move {
+                match status {
+                    Some(status) => ledger.page_with_status(&event, status, cursor, limit).await,
+                    None => ledger.page(&event, cursor, limit).await,
+                }
+            }
+        })
+        .await?
+        .ok_or(ApiError::NoLedger)?;
+    let next_cursor =
+        (page.len() as i64 == limit).then(|| page.last().map(|o| o.order_id.to_string())).flatten();
+    Ok(Json(OrdersPage { orders: page.into_iter().map(OrderView::from_ledger).collect(), next_cursor }))
+}
