@@ -4,6 +4,8 @@
 //!   sale_not_active, sale_paused, rejected (any other 4xx), error (5xx).
 //! - `flashsale_purchase_duration_seconds`: purchase latency, all outcomes.
 //! - `flashsale_sold_out_local_total`: purchases answered `sold_out` from the local flag.
+//! - `flashsale_http_requests_in_flight`: requests being handled now.
+//! - `flashsale_build_info{version,revision}`: always 1.
 //! - `flashsale_http_requests_total{method,route,status}` and
 //!   `flashsale_http_request_duration_seconds{method,route}`: by matched route, never by raw
 //!   path (unmatched requests share `route="unmatched"`), so cardinality stays bounded.
@@ -24,6 +26,7 @@ pub const PURCHASE_DURATION: &str = "flashsale_purchase_duration_seconds";
 pub const SOLD_OUT_LOCAL_TOTAL: &str = "flashsale_sold_out_local_total";
 pub const HTTP_REQUESTS_TOTAL: &str = "flashsale_http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "flashsale_http_request_duration_seconds";
+pub const HTTP_IN_FLIGHT: &str = "flashsale_http_requests_in_flight";
 
 /// The route whose requests also count as purchases.
 pub const PURCHASE_ROUTE: &str = "/v1/events/{event_id}/purchases";
@@ -51,6 +54,8 @@ pub fn method_label(method: &Method) -> &'static str {
 #[derive(Debug)]
 pub struct ApiMetrics {
     registry: Metrics,
+    /// Requests being handled now (the one middleware counts them in and out).
+    pub(crate) in_flight: metrics::Gauge,
     accepted: Counter,
     replayed: Counter,
     sold_out: Counter,
@@ -70,6 +75,7 @@ impl ApiMetrics {
     pub fn new() -> Self {
         let registry =
             Metrics::new(&[(PURCHASE_DURATION, LATENCY_BUCKETS), (HTTP_REQUEST_DURATION, LATENCY_BUCKETS)]);
+        registry.build_info();
         let outcome = |name: &str| {
             registry.counter(PURCHASES_TOTAL, "Purchase requests by outcome.", &[("outcome", name)])
         };
@@ -93,6 +99,7 @@ impl ApiMetrics {
                 &[],
             ),
             http: RwLock::new(HashMap::new()),
+            in_flight: registry.gauge(HTTP_IN_FLIGHT, "HTTP requests being handled now.", &[]),
             registry,
         }
     }

@@ -30,6 +30,7 @@ const MAX_REQUEST_ID: usize = 128;
 
 pub async fn every_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
+    let _in_flight = InFlight::enter(state.metrics());
     let method = request.method().clone();
     let route = request.extensions().get::<MatchedPath>().cloned();
     let request_id = match request.headers().get(REQUEST_ID) {
@@ -88,4 +89,21 @@ fn new_request_id() -> HeaderValue {
     let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
     let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
     HeaderValue::from_str(text).expect("a UUID is a valid header value")
+}
+
+/// Counts a request in `flashsale_http_requests_in_flight` for as long as it lives (also when
+/// its handler panics or its future is dropped).
+struct InFlight(metrics::Gauge);
+
+impl InFlight {
+    fn enter(metrics: &crate::metrics::ApiMetrics) -> Self {
+        metrics.in_flight.increment(1.0);
+        Self(metrics.in_flight.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
 }

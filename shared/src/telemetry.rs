@@ -123,6 +123,16 @@ impl Metrics {
         self.recorder.register_histogram(&key(name, labels), &METADATA)
     }
 
+    /// `flashsale_build_info{version, revision} 1`: which build runs where (both binaries).
+    pub fn build_info(&self) {
+        self.gauge(
+            "flashsale_build_info",
+            "Always 1; its labels say which version and git revision this process runs.",
+            &[("version", env!("CARGO_PKG_VERSION")), ("revision", env!("FLASHSALE_REVISION"))],
+        )
+        .set(1.0);
+    }
+
     /// The Prometheus text exposition of every series.
     pub fn render(&self) -> String {
         self.handle.render()

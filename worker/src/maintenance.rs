@@ -35,13 +35,16 @@ async fn refresh_gauges(ctx: &Ctx) -> RedisResult<()> {
             backlog += stats.lag.unwrap_or(0).max(0);
         }
         let gauges = ctx.metrics.event(&s.event);
-        if let Some(units) = event::units(&mut conn, &s.keys).await? {
-            gauges.stock.set(units.stock as f64);
-            gauges.remaining.set(units.remaining as f64);
-            gauges.confirmed.set(units.confirmed as f64);
+        if let Some(snapshot) = event::load(&mut conn, &s.event).await? {
+            gauges.stock.set(snapshot.config.stock as f64);
+            gauges.remaining.set(snapshot.remaining as f64);
+            gauges.confirmed.set(snapshot.confirmed as f64);
+            let live = matches!(snapshot.state(), event::EventState::Live | event::EventState::SoldOut);
+            gauges.live.set(if live { 1.0 } else { 0.0 });
         }
         gauges.dead_letters.set(flashsale_shared::dead_letter::count(&mut conn, &s.keys).await? as f64);
     }
+    ctx.metrics.build_info();
     ctx.metrics.stream_pending.set(pending as f64);
     ctx.metrics.stream_backlog.set(backlog as f64);
     Ok(())

@@ -17,7 +17,9 @@
 //!   not-yet-delivered entries, over all events (group-wide: every worker reports the same).
 //! - `flashsale_event_stock`, `flashsale_event_remaining`, `flashsale_event_confirmed`
 //!   `{event}`: each event's units; `flashsale_event_dead_letters{event}`: its unresolved
-//!   dead letters.
+//!   dead letters; `flashsale_event_live{event}`: 1 while it is on sale (alerts sized for a
+//!   two-minute sale are gated on it).
+//! - `flashsale_build_info{version,revision}`: always 1.
 //! - `flashsale_worker_redis_errors_total`: failed Redis calls (retried).
 //! - `flashsale_ledger_up`: 1 while the ledger (PostgreSQL) answers; `flashsale_ledger_errors_total`
 //!   failed ledger calls (retried); `flashsale_ledger_write_seconds` the time of one batch's
@@ -73,6 +75,8 @@ pub struct EventGauges {
     pub confirmed: Gauge,
     pub dead_letters: Gauge,
     pub drift: Gauge,
+    /// 1 while the event is on sale (in its window, not paused or ended), sold out or not.
+    pub live: Gauge,
 }
 
 impl WorkerMetrics {
@@ -199,6 +203,11 @@ impl WorkerMetrics {
         }
     }
 
+    /// Sets `flashsale_build_info` again (gauges not set for a while leave the exposition).
+    pub fn build_info(&self) {
+        self.registry.build_info();
+    }
+
     /// Stops updating an event's gauges: the registry drops their series once they have been
     /// idle for [`flashsale_shared::telemetry::GAUGE_IDLE`].
     pub fn forget_event(&self, event: &EventId) {
@@ -222,6 +231,11 @@ impl WorkerMetrics {
                     confirmed: self.registry.gauge(
                         "flashsale_event_confirmed",
                         "Units in orders finalized by the workers.",
+                        &labels,
+                    ),
+                    live: self.registry.gauge(
+                        "flashsale_event_live",
+                        "1 while the event is on sale (in its window, not paused or ended), sold out or not.",
                         &labels,
                     ),
                     drift: self.registry.gauge(

@@ -7,9 +7,16 @@ use crate::helpers::spawn_app;
 async fn every_dashboard_series_exists_from_start_up() {
     let app = spawn_app().await;
     let text = app.api.metrics().await;
-    for outcome in
-        ["accepted", "replayed", "sold_out", "limit_exceeded", "sale_not_active", "rejected", "error"]
-    {
+    for outcome in [
+        "accepted",
+        "replayed",
+        "sold_out",
+        "limit_exceeded",
+        "sale_not_active",
+        "sale_paused",
+        "rejected",
+        "error",
+    ] {
         assert_eq!(
             metric_value(&text, "flashsale_purchases_total", &[("outcome", outcome)]),
             Some(0.0),
@@ -21,6 +28,14 @@ async fn every_dashboard_series_exists_from_start_up() {
         text.contains("flashsale_purchase_duration_seconds_bucket{le=\"0.005\"}"),
         "explicit buckets:\n{text}"
     );
+    // The scrape itself is the one request in flight; which build runs is labelled.
+    assert_eq!(metric_value(&text, "flashsale_http_requests_in_flight", &[]), Some(1.0), "{text}");
+    let build = text.lines().find(|l| l.starts_with("flashsale_build_info{")).expect("build info");
+    assert!(
+        build.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))) && build.ends_with(" 1"),
+        "{build}"
+    );
+    assert!(build.contains("revision=\""), "{build}");
 }
 
 #[tokio::test]

@@ -193,13 +193,22 @@ async fn events_are_listed_by_state_and_orders_listed_and_exported_from_the_ledg
     let pg = Postgres::start();
     let gateway = Gateway::start(&redis.url(), &[("DATABASE_URL", &pg.url())]).await;
     let api = gateway.api();
-    let _worker = Worker::start(&redis.url(), &pg.url(), "worker-a", FAST_WORKER).await;
+    let worker = Worker::start(&redis.url(), &pg.url(), "worker-a", FAST_WORKER).await;
     for (event, stock) in [("live-one", 100), ("paused-one", 100), ("gone-one", 2)] {
         api.create_event(event, stock, 1).await;
     }
     assert_eq!(crowd(std::slice::from_ref(&api), "live-one", 25, 8).await.count(202), 25);
     assert_eq!(crowd(std::slice::from_ref(&api), "gone-one", 5, 5).await.count(202), 2);
     admin(&api, Method::POST, "/v1/events/paused-one/pause").await;
+    // The worker's `flashsale_event_live` gates the alerts sized for a sale: on sale, sold out
+    // or not, is live; paused is not.
+    wait_until(Duration::from_secs(10), "the live gauges", || async {
+        let metrics = worker.metrics().await;
+        let live = |event| testkit::metric_value(&metrics, "flashsale_event_live", &[("event", event)]);
+        (live("live-one") == Some(1.0) && live("gone-one") == Some(1.0) && live("paused-one") == Some(0.0))
+            .then_some(())
+    })
+    .await;
 
     // Every event, one per page, following the cursor.
     let mut seen = Vec::new();

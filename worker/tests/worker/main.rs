@@ -263,7 +263,11 @@ async fn every_worker_series_exists_from_start_up() {
     ] {
         assert_eq!(worker.metric(name).await, 0.0, "{name}");
     }
-    let text = reqwest::get(&worker.metrics).await.unwrap().text().await.unwrap();
+    let text = wait_until(Duration::from_secs(10), "the first stats tick", || async {
+        let text = reqwest::get(&worker.metrics).await.ok()?.text().await.ok()?;
+        text.contains("flashsale_build_info{").then_some(text)
+    })
+    .await;
     for reason in flashsale_shared::dead_letter::REASONS {
         let value = metric_value(&text, "flashsale_orders_dead_lettered_total", &[("reason", reason)]);
         assert_eq!(value, Some(0.0), "dead letters with reason {reason}");
