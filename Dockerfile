@@ -9,9 +9,14 @@
 
 ARG RUST_VERSION=1
 ARG DEBIAN_RELEASE=bookworm
+# Which commit this is: recorded in the binaries (flashsale_build_info) and the labels.
+ARG FLASHSALE_REVISION=unknown
+ARG FLASHSALE_VERSION=dev
 
 # ---- build ----------------------------------------------------------------------------
 FROM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS build
+ARG FLASHSALE_REVISION
+ENV FLASHSALE_REVISION=${FLASHSALE_REVISION}
 WORKDIR /src
 COPY . .
 # Cache mounts keep the registry and compiled dependencies between builds (BuildKit), so
@@ -26,6 +31,13 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 # ---- runtime --------------------------------------------------------------------------
 FROM debian:${DEBIAN_RELEASE}-slim AS runtime
+ARG FLASHSALE_REVISION
+ARG FLASHSALE_VERSION
+LABEL org.opencontainers.image.title="flashsale" \
+      org.opencontainers.image.description="Flash sales without overselling: gateway and worker" \
+      org.opencontainers.image.licenses="MIT" \
+      org.opencontainers.image.version="${FLASHSALE_VERSION}" \
+      org.opencontainers.image.revision="${FLASHSALE_REVISION}"
 # curl for the health check only; nothing else is needed at run time (no TLS: Redis and
 # the load balancer are on the private network).
 # hadolint ignore=DL3008
