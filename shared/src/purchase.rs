@@ -67,8 +67,20 @@ pub async fn purchase(
     quantity: u32,
     new_order_id: OrderId,
 ) -> RedisResult<PurchaseOutcome> {
-    let reply: redis::Value = redis::cmd("EVALSHA")
-        .arg(PURCHASE.get_hash())
+    let reply: redis::Value = command(keys, scope, user, quantity, new_order_id).query_async(conn).await?;
+    parse(Reply::new(reply)?)
+}
+
+/// The purchase script's `EVALSHA` (what [`purchase`] sends; benchmarks and tests pipeline it).
+pub fn command(
+    keys: &EventKeys,
+    scope: &str,
+    user: &UserId,
+    quantity: u32,
+    new_order_id: OrderId,
+) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(PURCHASE.get_hash())
         .arg(5)
         .arg(&keys.event)
         .arg(&keys.idem)
@@ -78,10 +90,8 @@ pub async fn purchase(
         .arg(scope)
         .arg(user.as_str())
         .arg(quantity)
-        .arg(new_order_id.to_string())
-        .query_async(conn)
-        .await?;
-    parse(Reply::new(reply)?)
+        .arg(new_order_id.to_string());
+    cmd
 }
 
 fn parse(reply: Reply) -> RedisResult<PurchaseOutcome> {

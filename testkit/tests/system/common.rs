@@ -87,3 +87,12 @@ pub async fn check_ledger(redis_url: &str, database_url: &str, event: &str) -> s
     let json = out.find('{').map(|at| &out[at..]).unwrap_or("null");
     serde_json::Deserializer::from_str(json).into_iter().next().and_then(Result::ok).unwrap_or_default()
 }
+
+/// Sets an event's `confirmed` counter to `value` behind the gateway's back: "garbage" makes
+/// the confirm step itself fail (real poison, unlike any fault of Redis), `0` repairs it.
+pub async fn set_confirmed_counter(redis: &testkit::RedisServer, event: &str, value: &str) {
+    let mut conn = redis.conn().await;
+    let keys = flashsale_shared::EventKeys::new(&flashsale_shared::EventId::parse(event).unwrap());
+    let _: () =
+        redis::cmd("HSET").arg(&keys.event).arg("confirmed").arg(value).query_async(&mut conn).await.unwrap();
+}

@@ -126,15 +126,7 @@ async fn a_parked_order_stays_pending_until_an_operator_redrives_or_fails_it() {
     // Corrupt data that makes the confirm step itself fail (a non-integer counter): real
     // poison, unlike any fault of Redis. Each failed attempt is counted; past MAX_DELIVERIES
     // the entry is parked, its order still pending and its unit still held.
-    let mut conn = redis.conn().await;
-    let keys = flashsale_shared::EventKeys::new(&flashsale_shared::EventId::parse("drop").unwrap());
-    let _: () = redis::cmd("HSET")
-        .arg(&keys.event)
-        .arg("confirmed")
-        .arg("garbage")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    crate::common::set_confirmed_counter(&redis, "drop", "garbage").await;
     let knobs = [FAST_WORKER, &[("MAX_DELIVERIES", "2")]].concat();
     let worker = Worker::start(&redis.url(), &pg.url(), "worker-a", &knobs).await;
     let parked = wait_until(Duration::from_secs(15), "both entries to be parked", || async {
@@ -167,8 +159,7 @@ async fn a_parked_order_stays_pending_until_an_operator_redrives_or_fails_it() {
 
     // The operator repairs the data, redrives alice's order (a worker confirms it) and fails
     // bob's (his unit goes back on sale and to his allowance).
-    let _: () =
-        redis::cmd("HSET").arg(&keys.event).arg("confirmed").arg(0).query_async(&mut conn).await.unwrap();
+    crate::common::set_confirmed_counter(&redis, "drop", "0").await;
     let id_of = |order: &str| {
         parked.iter().find(|l| l["order_id"] == order).unwrap()["id"].as_str().unwrap().to_owned()
     };

@@ -92,16 +92,8 @@ async fn dead_letters_are_listed_redriven_and_failed_over_http() {
     api.create_event("drop", 3, 1).await;
     let alice = api.purchase("drop", "alice", 1, None).await.body["order_id"].as_str().unwrap().to_owned();
     let bob = api.purchase("drop", "bob", 1, None).await.body["order_id"].as_str().unwrap().to_owned();
-    let mut conn = redis.conn().await;
-    let keys = flashsale_shared::EventKeys::new(&flashsale_shared::EventId::parse("drop").unwrap());
     // Corrupt data that makes the confirm step fail: both entries end up parked.
-    let _: () = redis::cmd("HSET")
-        .arg(&keys.event)
-        .arg("confirmed")
-        .arg("garbage")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    crate::common::set_confirmed_counter(&redis, "drop", "garbage").await;
     let knobs = [FAST_WORKER, &[("MAX_DELIVERIES", "1")]].concat();
     let _worker = Worker::start(&redis.url(), &pg.url(), "worker-a", &knobs).await;
     let page = wait_until(Duration::from_secs(15), "both entries parked", || async {
@@ -118,8 +110,7 @@ async fn dead_letters_are_listed_redriven_and_failed_over_http() {
         letters.iter().find(|l| l["order_id"] == order).unwrap()["id"].as_str().unwrap().to_owned()
     };
 
-    let _: () =
-        redis::cmd("HSET").arg(&keys.event).arg("confirmed").arg(0).query_async(&mut conn).await.unwrap();
+    crate::common::set_confirmed_counter(&redis, "drop", "0").await;
     let redriven =
         admin(&api, Method::POST, &format!("/v1/events/drop/dead-letters/{}/redrive", id_of(&alice))).await;
     assert_eq!(

@@ -16,7 +16,7 @@
 use std::time::Duration;
 
 use flashsale_shared::purchase::{self, PurchaseOutcome};
-use flashsale_shared::scripts::{self, PURCHASE};
+use flashsale_shared::scripts;
 use flashsale_shared::{EventId, EventKeys, OrderId, UserId};
 use reqwest::StatusCode;
 use testkit::{Gateway, RedisServer, Worker, run_to_exit, wait_drained};
@@ -40,20 +40,8 @@ async fn sale_sold_out_and_check(redis: &RedisServer, orders: usize, gateway_env
     for chunk in (0..orders).collect::<Vec<_>>().chunks(1000) {
         let mut pipe = redis::pipe();
         for i in chunk {
-            let user = format!("u{i}");
-            pipe.cmd("EVALSHA")
-                .arg(PURCHASE.get_hash())
-                .arg(5)
-                .arg(&keys.event)
-                .arg(&keys.idem)
-                .arg(&keys.users)
-                .arg(&keys.orders)
-                .arg(&keys.stream)
-                .arg(&user)
-                .arg(&user)
-                .arg(1)
-                .arg(OrderId::random().to_string())
-                .ignore();
+            let user = UserId::parse(format!("u{i}")).unwrap();
+            pipe.add_command(purchase::command(&keys, user.as_str(), &user, 1, OrderId::random())).ignore();
         }
         pipe.query_async::<()>(&mut conn).await.unwrap();
     }
