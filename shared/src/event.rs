@@ -231,10 +231,26 @@ pub async fn control(
 
 /// The event, or `None` when it was never created.
 pub async fn load(conn: &mut impl ConnectionLike, id: &EventId) -> RedisResult<Option<EventSnapshot>> {
+    // The fields a snapshot reads (see lua/put_event.lua), named rather than HGETALL: the
+    // schema stays in one place and no read takes more than it needs.
+    const FIELDS: [&str; 10] = [
+        "stock",
+        "limit",
+        "name",
+        "starts",
+        "ends",
+        "remaining",
+        "confirmed",
+        "accepted",
+        "purge_at",
+        "state",
+    ];
     let keys = EventKeys::new(id);
-    let (fields, (secs, micros)): (HashMap<String, String>, (i64, i64)) =
-        redis::pipe().hgetall(&keys.event).cmd("TIME").query_async(conn).await?;
-    if fields.is_empty() {
+    let (values, (secs, micros)): (Vec<Option<String>>, (i64, i64)) =
+        redis::pipe().cmd("HMGET").arg(&keys.event).arg(&FIELDS).cmd("TIME").query_async(conn).await?;
+    let fields: HashMap<&str, String> =
+        FIELDS.iter().zip(values).filter_map(|(name, value)| Some((*name, value?))).collect();
+    if !fields.contains_key("stock") {
         return Ok(None);
     }
     let num = |name: &str| fields.get(name).and_then(|v| v.parse::<i64>().ok());
