@@ -5,7 +5,8 @@
 #
 #   docker build -t flashsale:local .
 #   docker run --rm -e REDIS_URL=redis://host:6379 -e ADMIN_TOKEN=... -p 8080:8080 flashsale:local
-#   docker run --rm -e REDIS_URL=redis://host:6379 flashsale:local flashsale-worker
+#   docker run --rm -e REDIS_URL=redis://host:6379 -e DATABASE_URL=postgres://user:pw@host:5432/flashsale \
+#     flashsale:local flashsale-worker      # the worker requires the ledger (PostgreSQL)
 
 ARG RUST_VERSION=1
 ARG DEBIAN_RELEASE=bookworm

@@ -24,7 +24,7 @@ lint: ## rustfmt and clippy with warnings as errors
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-demo: deps release ## private Redis + 2 gateways + worker, a short k6 flash sale, its summary; stops everything
+demo: deps release ## private Redis and ledger + 2 gateways + worker, a short k6 flash sale, its summary; stops everything
 	@scripts/demo.sh
 
 up: deps release ## run the stack in the foreground (Ctrl-C stops it)

@@ -61,6 +61,6 @@ def main():
 if __name__ == "__main__":
     try:
         main()
-    except bench.BenchError as error:
+    except bench.StackError as error:  # bench.BenchError included
         bench.log(f"FAILED: {error}")
         sys.exit(1)

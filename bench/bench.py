@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""The flashsale benchmark driver, started by bench/run.sh with a private Redis and gateway.
+"""The flashsale benchmark driver, started by bench/run.sh with a private stack: Redis, the
+ledger (PostgreSQL), a worker and a gateway; the whole pipeline runs during every measurement.
 
 Measures, in this order (each figure BENCH_REPS times; medians with min-max are reported):
   memory     Redis bytes per sold order and per idempotency entry (script driven directly)
@@ -12,9 +13,14 @@ Measures, in this order (each figure BENCH_REPS times; medians with min-max are 
   profile    perf (cpu-clock sampling, whole machine) during a 50% accepted run
 Every run checks its answers: only the expected status, no transport error, and on the
 accepted path Redis's own counters must have moved by the number of 202s, so a broken
-gateway fails the run instead of looking fast. CPU comes from /proc/<pid>/stat (utime+stime)
-for the gateway and Redis, from /usr/bin/time for the load generator, and /proc/stat for the
-whole machine (what is left is "other": noise from anything else running).
+gateway fails the run instead of looking fast. After each run the worker drains the event's
+stream (how far behind it was when the load stopped, how long it took, the ledger lag and
+write latency over the run, from the worker's histograms), the ledger must hold every order
+Redis holds, and only then are the event's keys deleted. CPU comes from /proc/<pid>/stat
+(utime+stime) for the gateway, Redis and the worker, and for the ledger from the postmaster
+and every PostgreSQL process it started (reaped ones included); from /usr/bin/time for the
+load generator, and /proc/stat for the whole machine (what is left is "other": noise from
+anything else running).
 Writes <out>/latest.md, <out>/latest.json and the latency chart; prints the table.
 """
 
@@ -23,13 +29,15 @@ import math
 import os
 import platform
 import re
-import socket
 import statistics
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
+import zlib
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts"))
+from private_stack import Redis, StackError, scrape, wait_until  # noqa: E402
+from private_stack import http as http_call  # noqa: E402
 
 ENV = os.environ
 ROOT = ENV["BENCH_ROOT"]
@@ -38,6 +46,15 @@ REDIS_PORT = int(ENV["REDIS_PORT"])
 REDIS_PID = int(ENV["REDIS_PID"])
 GW_URL = ENV["GW_URL"]
 GW_PID = int(ENV["GW_PID"])
+WORKER_PID = int(ENV["WORKER_PID"])
+WORKER_METRICS = ENV["WORKER_METRICS"]
+WORKER_BIN = ENV["WORKER_BIN"]
+PG_PID = int(ENV["PG_PID"])
+PG_BIN = ENV["PG_BIN"]
+DATABASE_URL = ENV["DATABASE_URL"]
+# How long the worker takes to forget a removed event: bench/run.sh starts it with
+# DISCOVERY_INTERVAL_MS=100 and BLOCK_MS=200.
+WORKER_FORGETS_S = 0.5
 ADMIN_TOKEN = ENV["ADMIN_TOKEN"]
 LOADGEN = ENV["LOADGEN"]
 PURCHASE_LUA = ENV["PURCHASE_LUA"]
@@ -70,6 +87,7 @@ PIPELINE = knob("BENCH_PIPELINE", 16, 16)
 NOISE_PCT = knob("BENCH_NOISE_PCT", 10.0, 10.0)  # other processes' share of all CPUs that marks a run noisy
 NOISE_RETRIES = knob("BENCH_NOISE_RETRIES", 2, 0)
 MAX_SECONDS = knob("BENCH_MAX_SECONDS", 600, 300)  # no more noise retries after this
+DRAIN_TIMEOUT = knob("BENCH_DRAIN_TIMEOUT", 300, 120)  # seconds the worker may take to catch up after a run
 STARTED = time.monotonic()
 PIN = ENV.get("BENCH_PIN", "none")
 PROFILE = ENV.get("BENCH_NO_PROFILE") != "1"
@@ -93,47 +111,26 @@ def log(msg):
     print(f"bench: {msg}", file=sys.stderr, flush=True)
 
 
-class BenchError(Exception):
+class BenchError(StackError):
     pass
 
 
-# --- Redis (a minimal RESP2 client: no dependency, exact replies) -------------------------
-
-
-class Redis:
-    def __init__(self, port):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=60)
-        self.file = self.sock.makefile("rb")
-
-    def __call__(self, *args):
-        parts = [b"*%d\r\n" % len(args)]
-        for arg in args:
-            data = arg if isinstance(arg, bytes) else str(arg).encode()
-            parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-        self.sock.sendall(b"".join(parts))
-        return self._read()
-
-    def _read(self):
-        line = self.file.readline()
-        if not line:
-            raise BenchError("Redis closed the connection")
-        kind, rest = line[:1], line[1:-2]
-        if kind == b"+":
-            return rest.decode()
-        if kind == b"-":
-            raise BenchError(f"Redis error: {rest.decode()}")
-        if kind == b":":
-            return int(rest)
-        if kind == b"$":
-            n = int(rest)
-            return None if n < 0 else self.file.read(n + 2)[:-2].decode(errors="replace")
-        if kind == b"*":
-            n = int(rest)
-            return None if n < 0 else [self._read() for _ in range(n)]
-        raise BenchError(f"unexpected Redis reply {line!r}")
+# --- Redis and the ledger ------------------------------------------------------------------
+# The RESP client is scripts/private_stack.py's (no dependency, exact replies).
 
 
 R = Redis(REDIS_PORT)
+
+
+EVENTS_MADE = 0
+
+
+def new_event(name):
+    """A name no earlier run used: a re-measured (noisy) run gets a new event, so the ledger's
+    rows of the discarded attempt, which stay, are never counted as the new one's."""
+    global EVENTS_MADE
+    EVENTS_MADE += 1
+    return f"{name}-{EVENTS_MADE}"
 
 
 def event_keys(event):
@@ -149,10 +146,104 @@ def event_counter(event, field):
     return int(value)
 
 
+def psql(sql):
+    out = subprocess.run([os.path.join(PG_BIN, "psql"), DATABASE_URL, "-X", "-At", "-v", "ON_ERROR_STOP=1",
+                          "-c", sql], capture_output=True, text=True, timeout=120)
+    if out.returncode != 0:
+        raise BenchError(f"psql {sql!r}: {out.stderr.strip()}")
+    return out.stdout.strip()
+
+
+def stream_behind(event):
+    """Entries of the event's stream the worker has not recorded and acknowledged yet."""
+    if not R("EXISTS", event_keys(event)[4]):  # no purchase yet, and the worker has not seen the event
+        return 0
+    groups = R("XINFO", "GROUPS", event_keys(event)[4])
+    if not groups:  # no group yet: nothing was delivered
+        return R("XLEN", event_keys(event)[4])
+    group = dict(zip(groups[0][::2], groups[0][1::2]))
+    lag = group.get("lag")
+    if lag is None:  # Redis cannot tell (it never is here: nothing is deleted from a live stream)
+        lag = R("XLEN", event_keys(event)[4]) - (group.get("entries-read") or 0)
+    return group["pending"] + lag
+
+
+def drain(event):
+    """Waits until the worker has recorded and acknowledged every entry of the event; returns
+    the seconds it took."""
+    started = time.monotonic()
+    try:
+        wait_until(f"the worker to drain {event}", lambda: stream_behind(event) == 0, DRAIN_TIMEOUT, interval=0.05)
+    except StackError as error:
+        raise BenchError(f"{error}: {stream_behind(event)} entries still behind; worker log in {TMP}") from None
+    return time.monotonic() - started
+
+
+def ledger_quantiles(before, after, name, quantiles=(0.5, 0.99)):
+    """Quantiles (ms) of a worker histogram over the observations between two scrapes, as
+    Prometheus's histogram_quantile interpolates them."""
+    buckets = []
+    for (metric, labels), value in after.items():
+        if metric == f"{name}_bucket":
+            le = dict(labels)["le"]
+            buckets.append((float("inf") if le == "+Inf" else float(le), value - before.get((metric, labels), 0.0)))
+    buckets.sort()
+    total = buckets[-1][1] if buckets else 0
+    if total <= 0:
+        return {f"p{round(q * 100)}": None for q in quantiles}
+    out = {}
+    for q in quantiles:
+        rank, lower, below = q * total, 0.0, 0.0
+        for upper, count in buckets:
+            if count >= rank:
+                if upper == float("inf"):  # above the highest bucket: its bound is all we know
+                    value = lower
+                else:
+                    value = lower + (upper - lower) * (rank - below) / max(count - below, 1e-9)
+                break
+            lower, below = upper, count
+        out[f"p{round(q * 100)}"] = round(value * 1000, 2)
+    return out
+
+
+def catch_up(run, event, before, behind=None):
+    """After a measured run: how far behind the worker was when the load stopped (`behind`,
+    or now), how long it took to catch up, and the ledger lag and write latency of the run's
+    orders (run["pipeline"])."""
+    behind = stream_behind(event) if behind is None else behind
+    drain_s = drain(event)
+    after = scrape(f"{WORKER_METRICS}/metrics")
+    recorded = after.get(("flashsale_ledger_lag_seconds_count", ()), 0) - before.get(
+        ("flashsale_ledger_lag_seconds_count", ()), 0)
+    run["pipeline"] = {
+        "recorded": int(recorded),
+        "behind_at_end": behind,
+        "drain_s": round(drain_s, 2),
+        "ledger_lag_ms": ledger_quantiles(before, after, "flashsale_ledger_lag_seconds"),
+        "ledger_write_ms": ledger_quantiles(before, after, "flashsale_ledger_write_seconds"),
+    }
+    return run
+
+
+def worker_metrics():
+    return scrape(f"{WORKER_METRICS}/metrics")
+
+
 def drop_event(event):
-    # Synchronous DEL, not UNLINK: background freeing would bill Redis CPU to the next run.
-    R("DEL", *event_keys(event), f"fs:{{ev:{event}}}:dead")
+    """Checks that the ledger holds every order Redis holds, then deletes the event's keys."""
+    drain(event)
+    # HLEN, not `accepted`: redis-benchmark's random order ids can collide (one record, one
+    # ledger row for two reservations); the gateway's UUIDv4s never do.
+    held = R("HLEN", event_keys(event)[3])
+    recorded = int(psql(f"select count(*) from orders where event_id = '{event}'"))
+    if recorded != held:
+        raise BenchError(f"{event}: Redis holds {held} orders ({event_counter(event, 'confirmed')} units confirmed) "
+                         f"but the ledger has {recorded}; stream group: {R('XINFO', 'GROUPS', event_keys(event)[4])}")
+    # The worker stops reading the stream before it goes: a read of a deleted stream fails.
     R("SREM", "fs:events", event)
+    time.sleep(WORKER_FORGETS_S)
+    # Synchronous DEL, not UNLINK: background freeing would bill Redis CPU to the next run.
+    R("DEL", *event_keys(event), f"fs:{{ev:{event}}}:dead", f"fs:{{ev:{event}}}:attempts")
 
 
 def used_memory():
@@ -164,15 +255,8 @@ def used_memory():
 
 
 def http(method, path, body=None, headers=None):
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(GW_URL + path, data=data, method=method, headers=headers or {})
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode(errors="replace")
+    status, _, answer = http_call(method, GW_URL + path, body, headers, timeout=10)
+    return status, answer
 
 
 def put_event(event, stock):
@@ -199,11 +283,29 @@ def sold_out_event(event):
 # --- processes and CPU -------------------------------------------------------------------
 
 
-def ticks(pid):
-    """utime + stime of a whole process (every thread), in clock ticks."""
+def ticks(pid, reaped=False):
+    """utime + stime of a whole process (every thread), in clock ticks; with `reaped`, plus
+    those of its children that exited and were waited for (cutime + cstime)."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
+    return int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if reaped else 0)
+
+
+def tree_ticks(pid):
+    """The ledger's CPU: the postmaster, the processes it forked (one per connection, plus
+    checkpointer, WAL writer, autovacuum...) and those of them that already exited."""
+    total = ticks(pid, reaped=True)
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                total += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
+        except (OSError, IndexError, ValueError):  # exited meanwhile
+            continue
+    return total
 
 
 def machine_busy_ticks():
@@ -250,7 +352,7 @@ def apply_pin(name):
 def measured(cmd, timeout, env=None):
     """Runs a load generator to completion; returns its output and the CPU everybody used."""
     time_out = os.path.join(TMP, "time.out")
-    gw0, rd0, busy0 = ticks(GW_PID), ticks(REDIS_PID), machine_busy_ticks()
+    gw0, rd0, wk0, lg0, busy0 = ticks(GW_PID), ticks(REDIS_PID), ticks(WORKER_PID), tree_ticks(PG_PID), machine_busy_ticks()
     t0 = time.monotonic()
     try:
         proc = subprocess.run(
@@ -260,27 +362,34 @@ def measured(cmd, timeout, env=None):
     except subprocess.TimeoutExpired:
         raise BenchError(f"{cmd[0]} did not finish within {timeout} s: {' '.join(cmd)}") from None
     wall = time.monotonic() - t0
-    gw1, rd1, busy1 = ticks(GW_PID), ticks(REDIS_PID), machine_busy_ticks()
+    gw1, rd1, wk1, lg1, busy1 = ticks(GW_PID), ticks(REDIS_PID), ticks(WORKER_PID), tree_ticks(PG_PID), machine_busy_ticks()
     alive(GW_PID, "the gateway")
     alive(REDIS_PID, "redis-server")
+    alive(WORKER_PID, "the worker")
+    alive(PG_PID, "postgres")
     if proc.returncode != 0:
         raise BenchError(f"{' '.join(cmd)} exited with {proc.returncode}:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
     with open(time_out) as f:
         user, system = (float(x) for x in f.read().split()[-2:])
     gen = user + system
     gw, rd = (gw1 - gw0) / CLK_TCK, (rd1 - rd0) / CLK_TCK
-    other = max(0.0, (busy1 - busy0) / CLK_TCK - gw - rd - gen)
+    wk, lg = (wk1 - wk0) / CLK_TCK, (lg1 - lg0) / CLK_TCK
+    other = max(0.0, (busy1 - busy0) / CLK_TCK - gw - rd - wk - lg - gen)
     return proc, {
         "wall_s": round(wall, 3),
-        "cpu_s": {"gateway": gw, "redis": rd, "loadgen": round(gen, 3), "other": round(other, 2)},
+        "cpu_s": {"gateway": gw, "redis": rd, "worker": wk, "ledger": lg, "loadgen": round(gen, 3),
+                  "other": round(other, 2)},
         "other_cpu_pct": round(100 * other / (wall * NCPU), 1),
     }
+
+
+PARTIES = ("gateway", "redis", "worker", "ledger", "loadgen")
 
 
 def per_request(run, n):
     """CPU microseconds per request of each party."""
     cpu = run["cpu_s"]
-    run["cpu_us_per_req"] = {k: round(1e6 * cpu[k] / n, 1) if n else None for k in ("gateway", "redis", "loadgen")}
+    run["cpu_us_per_req"] = {k: round(1e6 * cpu[k] / n, 1) if n else None for k in PARTIES}
 
 
 def quiet(measure):
@@ -331,15 +440,18 @@ def benchmark_cmd(sha, event, calls, pipeline=1, clients=None):
     # ARGV: scope, user, quantity, order id. Each __rand_int__ is replaced by its own random
     # 12-digit number per call, so scope and user differ from each other (the gateway sends
     # the user as the scope) but have the same size; the order id has a UUID's 36 characters.
-    return cmd + ["EVALSHA", sha, "5", *event_keys(event),
-                  "u__rand_int__", "u__rand_int__", "1", "00000000-0000-4000-8000-__rand_int__"]
+    # Its first group is the event's: order ids are unique over the whole ledger (its primary
+    # key), and random ones of two runs would collide now and then.
+    return cmd + ["EVALSHA", sha, "5", *event_keys(event), "u__rand_int__", "u__rand_int__", "1",
+                  f"{zlib.crc32(event.encode()):08x}-0000-4000-8000-__rand_int__"]
 
 
 def ceiling(sha, rep, pipeline):
-    event = f"b{RUN_ID}-ceil-p{pipeline}-{rep}"
+    event = new_event(f"b{RUN_ID}-ceil-p{pipeline}-{rep}")
     put_event(event, STOCK)
     calls = CEILING_CALLS * (2 if pipeline > 1 else 1)
     before = event_counter(event, "remaining")
+    metrics0 = worker_metrics()
     proc, run = measured(benchmark_cmd(sha, event, calls, pipeline), timeout=300)
     rows = [line for line in proc.stdout.splitlines() if line.startswith('"') and not line.startswith('"test"')]
     if len(rows) != 1:
@@ -355,15 +467,19 @@ def ceiling(sha, rep, pipeline):
                reserved=reserved, calls_per_s=rps, throughput=rps * reserved / calls,
                redis_busy_pct=round(100 * run["cpu_s"]["redis"] / run["wall_s"], 1))
     per_request(run, reserved)
+    catch_up(run, event, metrics0)
     drop_event(event)
     return run
 
 
 def memory(sha):
-    event = f"b{RUN_ID}-mem"
+    event = new_event(f"b{RUN_ID}-mem")
     put_event(event, STOCK)
     m0 = used_memory()
     measured(benchmark_cmd(sha, event, MEMORY_ORDERS), timeout=300)
+    # Measured once the worker has recorded and confirmed every order: each record in its
+    # final state, the stream untrimmed (run.sh turns the worker's trimming off).
+    drain(event)
     time.sleep(0.2)
     m1 = used_memory()
     keys = event_keys(event)
@@ -411,13 +527,16 @@ def check_statuses(result, expect, what):
 
 def closed_loop(path, config, rep, duration=None):
     lg_prefix = apply_pin(config)
-    event = f"b{RUN_ID}-{path}-{config}-{rep}"
+    event = new_event(f"b{RUN_ID}-{path}-{config}-{rep}")
     if path == "accepted":
         put_event(event, STOCK)
     else:
         sold_out_event(event)
+    drain(event)
     accepted0 = event_counter(event, "accepted")
+    metrics0 = worker_metrics()
     result, run = wrk(event, f"w{RUN_ID}{path[0]}{config}{rep}", lg_prefix, duration or DURATION)
+    behind = stream_behind(event)
     time.sleep(0.3)  # requests wrk abandoned at its deadline still finish on the server
     n = result["requests"]
     what = f"wrk {path} {config} #{rep}"
@@ -436,6 +555,7 @@ def closed_loop(path, config, rep, duration=None):
     run.update(kind=f"max_{path}", config=config, rep=rep, requests=n,
                throughput=n / (result["duration_us"] / 1e6), latency_us=result["latency_us"])
     per_request(run, n)
+    catch_up(run, event, metrics0, behind)
     drop_event(event)
     return run
 
@@ -448,12 +568,14 @@ def connections_for(rate):
 
 def fixed_rate(path, rate, conns, config, rep, fraction, label, warmup=WARMUP):
     lg_prefix = apply_pin(config)
-    event = f"b{RUN_ID}-fr-{path}-{rep}-{int(rate)}"
+    event = new_event(f"b{RUN_ID}-fr-{path}-{rep}-{int(rate)}")
     if path == "accepted":
         put_event(event, STOCK)
     else:
         sold_out_event(event)
+    drain(event)
     accepted0 = event_counter(event, "accepted")
+    metrics0 = worker_metrics()
     out = os.path.join(TMP, "loadgen.json")
     expect = 202 if path == "accepted" else 409
     cmd = [*lg_prefix, LOADGEN, "--url", GW_URL, "--event", event, "--prefix", f"f{RUN_ID}{path[0]}{rep}",
@@ -477,6 +599,7 @@ def fixed_rate(path, rate, conns, config, rep, fraction, label, warmup=WARMUP):
                throughput=result["rate"], completed=result["completed"], dropped=result["dropped"],
                late_pct=round(100 * result["late"] / max(1, result["sent"]), 2), latency_us=result["latency_us"])
     per_request(run, answered)  # the CPU was measured over the warm-up too
+    catch_up(run, event, metrics0)
     drop_event(event)
     return run
 
@@ -486,9 +609,10 @@ def k6_cross_check(rate):
         log("  k6 not installed: cross-check skipped")
         return
     apply_pin(PIN)
-    event = f"b{RUN_ID}-k6"
+    event = new_event(f"b{RUN_ID}-k6")
     put_event(event, STOCK)
     accepted0 = event_counter(event, "accepted")
+    metrics0 = worker_metrics()
     out = os.path.join(TMP, "k6.json")
     lg_prefix = PIN_CONFIGS[PIN][1]
     cmd = ([*(["taskset", "-c", cpu_list(lg_prefix)] if lg_prefix else [])] +
@@ -508,6 +632,18 @@ def k6_cross_check(rate):
                completed=result["requests"], dropped=result["dropped_iterations"],
                latency_us={k: round(v) for k, v in result["latency_us"].items()})
     per_request(run, result["requests"])
+    catch_up(run, event, metrics0)
+    # The operator's audit of the pipeline, once: Redis's books, and Redis against the ledger
+    # order by order.
+    audit = subprocess.run([WORKER_BIN, "--redis-url", f"redis://127.0.0.1:{REDIS_PORT}",
+                            "--database-url", DATABASE_URL, "check", "--event", event, "--drained", "--ledger"],
+                           capture_output=True, text=True, timeout=300)
+    if audit.returncode != 0:
+        raise BenchError(f"flashsale-worker check --drained --ledger on {event}:\n{audit.stdout}{audit.stderr}")
+    books = json.loads(audit.stdout)
+    run["ledger_audit"] = {"balanced": books["balanced"], "ledger_orders": books["ledger"]["ledger_orders"],
+                           "redis_final": books["ledger"]["redis_final"]}
+    log(f"  audit: flashsale-worker check --drained --ledger: {books['ledger']['ledger_orders']} orders, balanced")
     drop_event(event)
     record(run)
 
@@ -590,7 +726,7 @@ def profile(rate):
         return {"available": False}
     lg_prefix = apply_pin(PIN)
     conns = connections_for(rate)
-    event = f"b{RUN_ID}-prof"
+    event = new_event(f"b{RUN_ID}-prof")
     put_event(event, STOCK)
     data = os.path.join(TMP, "perf.data")
     perf = subprocess.Popen(["perf", "record", "-a", "-e", "cpu-clock", "-F", "999", "-o", data, "--",
@@ -623,6 +759,10 @@ def profile(rate):
             name = "gateway"
         elif pid == REDIS_PID:
             name = "redis"
+        elif pid == WORKER_PID:
+            name = "worker"
+        elif comm == "postgres":
+            name = "ledger (postgres)"
         elif pid == 0:
             name = "idle"
         elif comm.startswith("flashsale-load"):
@@ -673,8 +813,17 @@ def stat(values):
 
 def summarize(runs, latency=False):
     s = {"throughput": stat([r["throughput"] for r in runs]), "reps": len(runs)}
-    for who in ("gateway", "redis", "loadgen"):
+    for who in PARTIES:
         s[f"cpu_us_per_req_{who}"] = stat([r["cpu_us_per_req"][who] for r in runs])
+    piped = [r["pipeline"] for r in runs if "pipeline" in r]
+    if piped:
+        s["pipeline"] = {
+            "behind_at_end": stat([x["behind_at_end"] for x in piped]),
+            "drain_s": stat([x["drain_s"] for x in piped]),
+            "ledger_lag_p50_ms": stat([x["ledger_lag_ms"]["p50"] for x in piped]),
+            "ledger_lag_p99_ms": stat([x["ledger_lag_ms"]["p99"] for x in piped]),
+            "ledger_write_p99_ms": stat([x["ledger_write_ms"]["p99"] for x in piped]),
+        }
     s["other_cpu_pct"] = stat([r["other_cpu_pct"] for r in runs])
     s["noisy_runs"] = sum(1 for r in runs if r.get("noisy"))
     if latency or any("latency_us" in r for r in runs):
@@ -724,10 +873,11 @@ def machine_info():
         "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
         "nproc": NCPU, "cpu_model": model, "memory_gib": round(mem_kb / 2**20, 1),
         "kernel": platform.release(), "os": cmd("sh", "-c", ". /etc/os-release && echo $PRETTY_NAME"),
-        "redis": redis_version, "rustc": cmd("rustc", "--version"), "wrk": cmd("sh", "-c", "wrk -v 2>&1"),
+        "redis": redis_version, "postgres": cmd(os.path.join(PG_BIN, "postgres"), "--version"),
+        "rustc": cmd("rustc", "--version"), "wrk": cmd("sh", "-c", "wrk -v 2>&1"),
         "k6": cmd(K6, "version") if os.access(K6, os.X_OK) else "n/a",
         "git_commit": cmd("git", "-C", ROOT, "rev-parse", "--short", "HEAD"),
-        "git_dirty": bool(subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", "api", "shared", "lua"],
+        "git_dirty": bool(subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", "api", "shared", "lua", "worker", "ledger"],
                                          capture_output=True, text=True).stdout.strip()),
         "loadavg_start": open("/proc/loadavg").read().split()[:3],
         "clk_tck": CLK_TCK,
@@ -742,7 +892,8 @@ def main():
              "connections": CONNS, "big_connections": BIG_CONNS, "ceiling_calls": CEILING_CALLS,
              "memory_orders": MEMORY_ORDERS, "pipeline": PIPELINE, "pin": PIN, "k6_rate": K6_RATE,
              "noise_pct": NOISE_PCT, "noise_retries": NOISE_RETRIES,
-             "worker_running": ENV.get("BENCH_WORKER") == "1", "gateway_env": ENV.get("BENCH_GATEWAY_ENV", ""),
+             "worker_env": ENV.get("BENCH_WORKER_ENV", ""), "gateway_env": ENV.get("BENCH_GATEWAY_ENV", ""),
+             "drain_timeout_s": DRAIN_TIMEOUT,
              "quick": QUICK}
     log(f"machine: {machine['nproc']} x {machine['cpu_model']}, kernel {machine['kernel']}, Redis {machine['redis']}, "
         f"load average {' '.join(machine['loadavg_start'])}")
@@ -859,31 +1010,36 @@ def render_markdown(doc):
         f"# flashsale benchmark: {m['date_utc']} UTC",
         "",
         f"Machine: {m['nproc']} x {m['cpu_model']}, {m['memory_gib']} GiB, {m['os']}, kernel {m['kernel']}; "
-        f"Redis {m['redis']}; {m['rustc']}; {m['wrk']}; commit {m['git_commit']}"
-        f"{' (uncommitted changes in api/shared/lua)' if m['git_dirty'] else ''}. "
+        f"Redis {m['redis']}; {m.get('postgres', 'PostgreSQL n/a')}; {m['rustc']}; {m['wrk']}; commit {m['git_commit']}"
+        f"{' (uncommitted changes in api/shared/lua/worker/ledger)' if m['git_dirty'] else ''}. "
         f"Load average {' '.join(m['loadavg_start'])} at start, {' '.join(m['loadavg_end'])} at end; "
         f"run took {m['elapsed_s']} s.",
         "",
-        f"Everything on one machine: gateway (release build), Redis (no persistence), load generator. "
-        f"Worker {'running' if k['worker_running'] else 'not running (stream entries accumulate)'}. "
+        f"Everything on one machine: gateway and worker (release build), Redis (no persistence), the ledger "
+        f"(PostgreSQL, fsync off), load generator. The worker records every order in the ledger and confirms it "
+        f"during every run; after each run it catches up before the next one starts (the Pipeline table). "
         f"{'Gateway environment: `' + k['gateway_env'] + '`. ' if k['gateway_env'] else ''}"
         f"Pinning for everything but the pinning comparison: {doc['pin_configs'][pin]}. "
         f"Each figure: median (min-max) of {k['reps']} runs; closed-loop runs {k['closed_loop_s']} s, "
         f"fixed-rate runs {k['fixed_rate_s']} s measured after {k.get('warmup_s', 0):g} s of warm-up at the same rate "
         f"on the same connections (except the connection-storm row). CPU figures are CPU time per request of the gateway / Redis / "
-        f"load generator; \"other\" is the share of the machine used meanwhile by anything else (noise): "
+        f"worker / ledger (every PostgreSQL process) / load generator, over the measured run only (not the catching up after it); \"other\" is the share of the machine used meanwhile by anything else (noise): "
         f"a run above {k['noise_pct']:.0f} % is measured again (up to {k['noise_retries']} times) and the quietest "
-        f"attempt kept; \"noisy\" counts kept runs still above it.",
+        f"attempt kept; \"noisy\" counts kept runs still above it. The worker's and the ledger's CPU is measured, not noise.",
         "",
-        "| figure | throughput /s | p50 | p99 | p99.9 | CPU us/req gw / Redis / loadgen | other CPU |",
+        "| figure | throughput /s | p50 | p99 | p99.9 | CPU us/req gw / Redis / worker / ledger / loadgen | other CPU |",
         "|---|---|---|---|---|---|---|",
     ]
 
     def cpu(x):
         f = lambda key: fmt_range(x[key], 1) if x.get(key) else "-"
-        return f"{f('cpu_us_per_req_gateway')} / {f('cpu_us_per_req_redis')} / {f('cpu_us_per_req_loadgen')}"
+        return " / ".join(f(f"cpu_us_per_req_{who}") for who in PARTIES)
+
+    piped = []  # (figure, summary) of the runs whose orders went through the pipeline
 
     def row(name, x, latency=True):
+        if (x.get("pipeline") or {}).get("ledger_lag_p99_ms"):
+            piped.append((name, x))
         lat = [ms(x.get("latency_p50_us")), ms(x.get("latency_p99_us")), ms(x.get("latency_p99.9_us"))] \
             if latency else ["-", "-", "-"]
         noisy = f", {x['noisy_runs']} of {x['reps']} runs noisy" if x.get("noisy_runs") else ""
@@ -917,6 +1073,27 @@ def render_markdown(doc):
         row(f"k6 cross-check: accepted at {s['k6']['rate']:,}/s (constant-arrival-rate; "
             f"dropped {fmt_range(s['k6']['dropped'])})", s["k6"])
         row(f"loadgen at the same {s['k6_twin']['rate']:,}/s", s["k6_twin"])
+    lines += [
+        "",
+        "Pipeline: the same runs, seen from the worker and the ledger. *Behind* is how many of the run's "
+        "orders were not yet recorded and confirmed when the load stopped, *caught up* how long the worker then "
+        "took; ledger lag is 202 to recorded in the ledger, ledger write one batch's write "
+        "(flashsale_ledger_lag_seconds, flashsale_ledger_write_seconds, over the run and its catching up).",
+        "",
+        "| figure | behind at end | caught up in | ledger lag p50 | ledger lag p99 | ledger write p99 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, x in piped:
+        pl = x["pipeline"]
+        lines.append(f"| {name} | {fmt_range(pl['behind_at_end'])} | {fmt_range(pl['drain_s'], 1, unit=' s')} | "
+                     f"{fmt_range(pl['ledger_lag_p50_ms'], 1, unit=' ms')} | {fmt_range(pl['ledger_lag_p99_ms'], 1, unit=' ms')} | "
+                     f"{fmt_range(pl['ledger_write_p99_ms'], 1, unit=' ms')} |")
+    audit = next((r.get("ledger_audit") for r in RUNS if r.get("ledger_audit")), None)
+    if audit:
+        lines += ["", f"Audit of the k6 event: `flashsale-worker check --drained --ledger`: "
+                      f"{audit['ledger_orders']:,} orders in the ledger, {audit['redis_final']:,} final in Redis, "
+                      f"{'balanced' if audit['balanced'] else 'NOT balanced'}. After every run the ledger held "
+                      f"exactly the orders Redis held (checked before the event's keys were deleted)."]
     r, mem = s["ratios"], s["memory"]
     lines += [
         "",
@@ -936,7 +1113,10 @@ def render_markdown(doc):
     for name, x in (("accepted (wrk max)", acc), ("sold-out (wrk max)", so), ("ceiling (redis-benchmark)", s["ceiling"])):
         g, rd = x["cpu_us_per_req_gateway"], x["cpu_us_per_req_redis"]
         gw_text = f"gateway {g['median'] / 1000:.3f} s, " if g and g["median"] else ""
-        lines.append(f"| CPU seconds per 1,000 purchases, {name} | {gw_text}Redis {rd['median'] / 1000:.3f} s | |")
+        wk, lg = x["cpu_us_per_req_worker"], x["cpu_us_per_req_ledger"]
+        pipe_text = (f", worker {wk['median'] / 1000:.3f} s, ledger {lg['median'] / 1000:.3f} s"
+                     if wk and lg and wk["median"] is not None and lg["median"] is not None else "")
+        lines.append(f"| CPU seconds per 1,000 purchases, {name} | {gw_text}Redis {rd['median'] / 1000:.3f} s{pipe_text} | |")
     lines += [
         f"| Redis memory per sold order (used_memory delta / {mem['orders']:,} orders) | {mem['bytes_per_order']:,.0f} B | |",
     ]
@@ -1011,6 +1191,6 @@ def chart(doc):
 if __name__ == "__main__":
     try:
         main()
-    except BenchError as error:
+    except StackError as error:  # BenchError included
         log(f"FAILED: {error}")
         sys.exit(1)

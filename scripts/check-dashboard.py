@@ -2,9 +2,9 @@
 """Checks that every panel of grafana/dashboards/flashsale.json shows data from a real system.
 
 Grafana cannot run here, so this script does what Grafana would: it starts a private stack
-(redis-server, two gateways and two workers from target/$PROFILE, nginx with
-compose/nginx.conf in front of the gateways when an nginx binary is available, and a real
-Prometheus scraping them every second with compose/alerts.yml loaded), drives a short sale
+(redis-server, PostgreSQL for the ledger, two workers and two gateways from target/$PROFILE,
+nginx with compose/nginx.conf in front of the gateways when an nginx binary is available, and
+a real Prometheus scraping them every second with compose/alerts.yml loaded), drives a short sale
 through it (accepted orders, sold-outs, replays, a per-user limit, a sale not yet open,
 invalid requests), waits until Prometheus has scraped the result, then runs every panel
 query with the dashboard variables substituted against Prometheus's /api/v1/query.
@@ -15,8 +15,9 @@ data source uid, or when an alert rule fails to evaluate or fires during a healt
 Every process it starts is stopped on exit, Ctrl-C included.
 
 Usage: scripts/check-dashboard.py [--profile release|debug] [--rate-interval 30s]
-Needs: redis-server, prometheus (scripts/install-deps.sh ops), built binaries
-(cargo build --release --bins); nginx optional. Standard library only.
+Needs: redis-server, PostgreSQL, prometheus (scripts/install-deps.sh ops), built binaries
+(cargo build --release --bins); nginx optional. Standard library only; the private stack
+comes from scripts/private_stack.py (shared with bench/bench.py).
 """
 
 from __future__ import annotations
@@ -30,17 +31,13 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+import private_stack
+from private_stack import ROOT, Stack, StackError, free_port, http, wait_until
 DASHBOARD = ROOT / "grafana/dashboards/flashsale.json"
 DATASOURCE = ROOT / "grafana/provisioning/datasources/prometheus.yml"
 ALERTS = ROOT / "compose/alerts.yml"
@@ -50,7 +47,7 @@ STOCK = 40
 BUYERS = 60  # distinct buyers: STOCK of them get an order, the rest a sold-out 409
 
 
-class CheckFailed(Exception):
+class CheckFailed(StackError):
     pass
 
 
@@ -58,146 +55,11 @@ def log(message: str) -> None:
     print(f"check-dashboard: {message}", flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class DashboardStack(Stack):
+    """The private stack, plus what only this check runs: nginx and Prometheus."""
 
-
-def wait_until(what: str, predicate, timeout: float, interval: float = 0.1):
-    """Polls `predicate` until it returns a truthy value; fails after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last_error = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except (OSError, ValueError, KeyError) as error:  # not up yet
-            last_error = error
-        time.sleep(interval)
-    raise CheckFailed(
-        f"timed out after {timeout:.0f}s waiting for {what}" + (f" ({last_error})" if last_error else "")
-    )
-
-
-def http(method: str, url: str, body=None, headers=None, timeout: float = 5.0):
-    """One HTTP call; returns (status, headers, parsed JSON body or text). Never raises on 4xx/5xx."""
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
-    if data is not None:
-        request.add_header("content-type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            status, response_headers, raw = response.status, response.headers, response.read()
-    except urllib.error.HTTPError as error:
-        status, response_headers, raw = error.code, error.headers, error.read()
-    text = raw.decode(errors="replace")
-    try:
-        return status, response_headers, json.loads(text)
-    except ValueError:
-        return status, response_headers, text
-
-
-class Stack:
-    """The processes this check starts, each logging to a file in a private temp dir."""
-
-    def __init__(self, profile: str):
-        self.bin = ROOT / "target" / profile
-        self.dir = Path(tempfile.mkdtemp(prefix="flashsale-dashboard."))
-        self.procs: list[tuple[str, subprocess.Popen]] = []
-        self.admin_token = secrets.token_hex(16)
-
-    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-        with open(self.dir / f"{name}.log", "wb") as log_file:  # the child keeps its own copy
-            proc = subprocess.Popen(
-                argv,
-                env={**os.environ, **(env or {})},
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                cwd=self.dir,
-                start_new_session=True,  # our signal handling decides when children stop
-            )
-        self.procs.append((name, proc))
-        return proc
-
-    def wait_http(self, name: str, proc: subprocess.Popen, url: str, timeout: float = 20) -> None:
-        def up():
-            if proc.poll() is not None:
-                raise CheckFailed(f"{name} exited with status {proc.returncode}:\n{self.tail(name)}")
-            status, _, _ = http("GET", url, timeout=1)
-            return status == 200
-
-        wait_until(f"{name} at {url}", up, timeout, interval=0.05)
-
-    def tail(self, name: str, lines: int = 20) -> str:
-        path = self.dir / f"{name}.log"
-        if not path.exists():
-            return ""
-        return "\n".join("    " + line for line in path.read_text(errors="replace").splitlines()[-lines:])
-
-    def redis(self) -> str:
-        port = free_port()
-        proc = self.start(
-            "redis",
-            [
-                "redis-server",
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.dir),
-            ],
-        )
-
-        def ping():
-            if proc.poll() is not None:
-                raise CheckFailed(f"redis-server exited:\n{self.tail('redis')}")
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(64).startswith(b"+PONG")
-
-        wait_until("redis-server", ping, 10, interval=0.05)
-        return f"redis://127.0.0.1:{port}"
-
-    def gateway(self, name: str, redis_url: str) -> tuple[str, int]:
-        port = free_port()
-        proc = self.start(
-            name,
-            [str(self.bin / "flashsale-api")],
-            {
-                "REDIS_URL": redis_url,
-                "LISTEN_ADDR": f"127.0.0.1:{port}",
-                "ADMIN_TOKEN": self.admin_token,
-                "RUST_LOG": "warn",
-            },
-        )
-        self.wait_http(name, proc, f"http://127.0.0.1:{port}/readyz")
-        return f"http://127.0.0.1:{port}", port
-
-    def worker(self, name: str, redis_url: str) -> int:
-        port = free_port()
-        proc = self.start(
-            name,
-            [str(self.bin / "flashsale-worker")],
-            {
-                "REDIS_URL": redis_url,
-                "METRICS_ADDR": f"127.0.0.1:{port}",
-                "CONSUMER_NAME": name,
-                "RUST_LOG": "warn",
-                "STATS_INTERVAL_MS": "250",
-                "DISCOVERY_INTERVAL_MS": "250",
-                "TRIM_INTERVAL_MS": "1000",
-            },
-        )
-        self.wait_http(name, proc, f"http://127.0.0.1:{port}/healthz")
-        return port
+    # Workers refresh their gauges and find events quickly, so the check takes seconds.
+    WORKER_ENV = {"STATS_INTERVAL_MS": "250", "DISCOVERY_INTERVAL_MS": "250", "TRIM_INTERVAL_MS": "1000"}
 
     def nginx(self, gateway_ports: list[int]) -> str | None:
         """compose/nginx.conf in front of the gateways, or None when nginx is not installed."""
@@ -281,21 +143,6 @@ class Stack:
         url = f"http://127.0.0.1:{port}"
         self.wait_http("prometheus", proc, f"{url}/-/ready", timeout=30)
         return url
-
-    def stop(self) -> None:
-        for _, proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.terminate()
-        deadline = time.monotonic() + 10
-        for name, proc in reversed(self.procs):
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log(f"{name} did not stop on SIGTERM; killing it")
-                proc.kill()
-                proc.wait()
-        self.procs.clear()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class Prometheus:
@@ -512,6 +359,11 @@ def main() -> int:
         if not shutil.which(tool):
             log(f"{tool} not found; run scripts/install-deps.sh ops")
             return 2
+    try:
+        private_stack.postgres_bin_dir()
+    except StackError as error:
+        log(str(error))
+        return 2
     for binary in ("flashsale-api", "flashsale-worker"):
         if not (ROOT / "target" / args.profile / binary).exists():
             log(
@@ -525,12 +377,15 @@ def main() -> int:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, interrupted)
-    stack = Stack(args.profile)
+    stack = DashboardStack(args.profile, prefix="flashsale-dashboard.")
     started = time.monotonic()
     try:
-        redis_url = stack.redis()
-        gateways = [stack.gateway(f"gateway-{i}", redis_url) for i in (1, 2)]
-        workers = [stack.worker(f"worker-{i}", redis_url) for i in (1, 2)]
+        redis_url = f"redis://127.0.0.1:{stack.redis()}"
+        database_url = stack.postgres()
+        # Workers first: a fresh Redis sells nothing (gateways are not ready) until a worker
+        # has reconciled it with the ledger.
+        workers = [stack.worker(f"worker-{i}", redis_url, database_url, stack.WORKER_ENV) for i in (1, 2)]
+        gateways = [stack.gateway(f"gateway-{i}", redis_url, database_url) for i in (1, 2)]
         lb = stack.nginx([port for _, port in gateways])
         failures = []
         if lb is None:
@@ -552,7 +407,7 @@ def main() -> int:
             interval=0.25,
         )
         log(
-            f"stack up and scraped in {time.monotonic() - started:.1f}s: 2 gateways, 2 workers,"
+            f"stack up and scraped in {time.monotonic() - started:.1f}s: 2 gateways, 2 workers, ledger,"
             f" Prometheus at {prom_url}"
         )
 
@@ -566,11 +421,21 @@ def main() -> int:
             return status == 200 and body["remaining"] == 0 and body["confirmed"] == STOCK
 
         wait_until(f"workers to confirm all {STOCK} units", drained, 30)
+        # Every unit is in the ledger too (the workers write it before they confirm).
+        recorded = stack.psql(
+            f"select coalesce(sum(quantity), 0) from orders where event_id = '{event}' and status = 'confirmed'"
+        )
+        if recorded != str(STOCK):
+            raise CheckFailed(f"the ledger has {recorded} confirmed units of {event}, expected {STOCK}")
+        log(f"ledger: {recorded} units of {event} recorded, as in Redis")
+        # Drift is measured every 2 s: wait until every worker reports 0 for the event, or
+        # FlashsaleLedgerDrift would see a stale in-flight value.
         wait_until(
-            "Prometheus to scrape the confirmed books from every worker",
+            "Prometheus to scrape the confirmed books and a ledger drift of 0 from every worker",
             lambda: (
                 prom.scalar(f'min(flashsale_event_confirmed{{event="{event}"}})') == STOCK
                 and prom.scalar(f'count(flashsale_event_confirmed{{event="{event}"}})') == len(workers)
+                and prom.scalar(f'count(flashsale_ledger_drift_units{{event="{event}"}} == 0)') == len(workers)
                 and prom.scalar("count(up == 1)") == len(gateways) + len(workers)
                 and prom.scalar('sum(flashsale_purchases_total{outcome="replayed"})') == seen["replayed"]
             ),
@@ -597,9 +462,9 @@ def main() -> int:
             return 1
         log(f"every panel query returned data ({elapsed:.1f}s)")
         return 0
-    except CheckFailed as error:
+    except StackError as error:
         log(f"FAILED: {error}")
-        for name, _ in stack.procs:
+        for name in [name for name, _ in stack.procs] + ["postgres"]:
             tail = stack.tail(name, 8)
             if tail:
                 print(f"--- {name} log (last lines)\n{tail}", file=sys.stderr)

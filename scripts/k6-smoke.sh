@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs the three k6 scripts with small settings against a private stack: a redis-server on a
-# free port, two gateways and two workers from target/$PROFILE (default release). After each
-# run, `flashsale-worker check --event E --drained` audits the event's books in Redis as well.
+# Runs the three k6 scripts with small settings against a private stack: a redis-server and a
+# PostgreSQL (the ledger) on free ports, two workers and two gateways from target/$PROFILE
+# (default release). After each run, `flashsale-worker check --event E --drained --ledger`
+# audits the event's books in Redis and compares Redis with the ledger order by order.
 # Exits non-zero if any k6 run or audit fails; every script runs either way.
 #
 #   scripts/k6-smoke.sh                 # build (release) and run all three
@@ -32,10 +33,11 @@ source scripts/stack.sh
 stack_init
 # shellcheck disable=SC2119 # stack_redis's optional arguments are extra redis-server flags
 stack_redis
-stack_gateway GW1
-stack_gateway GW2
+stack_postgres
 stack_worker W1
 stack_worker W2
+stack_gateway GW1
+stack_gateway GW2
 
 export BASE_URL="$GW1_URL,$GW2_URL"
 export K6_NO_USAGE_REPORT=true
@@ -58,11 +60,12 @@ for script in "${scripts[@]}"; do
   if ! env ${settings[$script]:-} EVENT_ID="$event" "$K6" run --quiet "k6/$script.js"; then
     failed+=("$script (k6)")
   fi
-  if ! audit=$(REDIS_URL=$REDIS_URL "target/$PROFILE/flashsale-worker" check --event "$event" --drained 2>&1); then
+  if ! audit=$(REDIS_URL=$REDIS_URL "target/$PROFILE/flashsale-worker" check --event "$event" --drained --ledger 2>&1); then
     echo "$audit" >&2
     failed+=("$script (books audit)")
   else
-    echo "  audit    flashsale-worker check --drained: balanced"
+    recorded=$(stack_psql "select count(*) from orders where event_id = '$event'")
+    echo "  audit    flashsale-worker check --drained --ledger: balanced; $recorded orders in the ledger, as in Redis"
   fi
   echo "k6-smoke: $script finished in $((SECONDS - started)) s"
 done

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# `make schemathesis`: fuzz a live gateway (private Redis, release build) against the OpenAPI
-# document it serves, with the checks the project promises: no server errors, and every
+# `make schemathesis`: fuzz a live gateway (private Redis and ledger, release build) against
+# the OpenAPI document it serves, with the checks the project promises: no server errors, and every
 # status code, content type and body as documented. Admin routes are exercised with the
 # stack's token. Exits non-zero on any failure.
 set -euo pipefail
@@ -10,8 +10,9 @@ source scripts/stack.sh
 
 stack_init
 stack_redis
-stack_gateway GW1
+stack_postgres
 stack_worker W1 BLOCK_MS=200
+stack_gateway GW1
 # A live event, so generated purchases also reach the reservation script, not only 404s.
 stack_put_event fuzz '{"stock": 1000000, "per_user_limit": 5}' >/dev/null
 
