@@ -306,7 +306,8 @@ impl Ledger {
     /// Records a batch of one event's finalized orders in one statement, committed on return.
     /// An order already recorded is left as it is, except that `failed` (an operator's
     /// decision on a parked order) replaces `confirmed`; `confirmed` never replaces `failed`.
-    /// Returns how many rows changed.
+    /// An order id already naming a different order is refused ([`LedgerError::Refused`]: the
+    /// entry's failed attempt, never a silent skip). Returns how many rows changed.
     pub async fn record(&self, event: &EventId, orders: &[Recorded]) -> Result<u64> {
         if orders.is_empty() {
             return Ok(0);
@@ -336,6 +337,24 @@ impl Ledger {
                     &[&ids, &event, &users, &quantities, &statuses, &created, &finalized, &scopes],
                 )
                 .await?;
+            if changed < ids.len() as u64 {
+                // Rows already there (a redelivery): each must be this very order. An order id
+                // naming another order (another event or buyer) would otherwise be silently
+                // skipped, leaving this one confirmed in Redis and absent from the ledger.
+                let same = client
+                    .query_one(
+                        "select count(*) from orders o
+                           join unnest($1::uuid[], $3::text[]) as t(id, u) on o.order_id = t.id
+                          where o.event_id = $2 and o.user_id = t.u",
+                        &[&ids, &event, &users],
+                    )
+                    .await?;
+                if same.get::<_, i64>(0) != ids.len() as i64 {
+                    return Err(LedgerError::Refused(
+                        "an order id of this batch already names another order in the ledger".into(),
+                    ));
+                }
+            }
             Ok(changed)
         })
         .await

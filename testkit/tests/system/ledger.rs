@@ -308,3 +308,42 @@ async fn redis_restarted_from_an_older_snapshot_is_reconciled_before_it_sells_ag
     assert_eq!(rows(&pg, "drop").len(), 300, "never more orders than units");
     check_ledger(&redis.url(), &pg.url(), "drop").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_order_id_the_ledger_already_has_for_another_order_is_parked_not_skipped() {
+    let redis = RedisServer::start();
+    let pg = Postgres::start();
+    let gateway = Gateway::start(&redis.url(), &[]).await;
+    let api = gateway.api();
+    api.create_event("drop", 5, 1).await;
+    let order = api.purchase("drop", "alice", 1, None).await.body["order_id"].as_str().unwrap().to_owned();
+    let other = api.purchase("drop", "bob", 1, None).await.body["order_id"].as_str().unwrap().to_owned();
+    // The ledger already holds that order id for someone else (a restore gone wrong, say).
+    let (status, out) = testkit::run_to_exit(
+        "flashsale-worker",
+        &[("REDIS_URL", &redis.url()), ("DATABASE_URL", &pg.url())],
+        &["migrate"],
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(status.success(), "{out}");
+    pg.psql(&format!(
+        "insert into orders (order_id, event_id, user_id, quantity, status, created_at, scope)
+         values ('{order}', 'elsewhere', 'mallory', 1, 'confirmed', now(), 'mallory')"
+    ));
+    let knobs = [FAST_WORKER, &[("MAX_DELIVERIES", "1")]].concat();
+    let _worker = Worker::start(&redis.url(), &pg.url(), "worker-a", &knobs).await;
+    api.wait_order_status("drop", &other, "confirmed").await;
+    let letters = wait_until(Duration::from_secs(15), "the conflicting entry to be parked", || async {
+        let mut conn = redis.conn().await;
+        let keys = flashsale_shared::EventKeys::new(&flashsale_shared::EventId::parse("drop").unwrap());
+        let letters = flashsale_shared::dead_letter::list(&mut conn, &keys, None, 10).await.ok()?;
+        (letters.len() == 1).then_some(letters)
+    })
+    .await;
+    assert_eq!(letters[0].order_id.as_deref(), Some(order.as_str()));
+    assert!(letters[0].is_parked(), "{letters:?}");
+    assert!(letters[0].error.as_deref().unwrap_or("").contains("another order"), "{letters:?}");
+    assert_eq!(api.get_order("drop", &order).await.body["status"], "pending", "never confirmed unrecorded");
+    assert_eq!(pg.psql(&format!("select user_id from orders where order_id = '{order}'")).trim(), "mallory");
+}
