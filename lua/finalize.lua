@@ -20,12 +20,13 @@
 --
 -- KEYS[1] event hash, KEYS[2] orders, KEYS[3] order stream, KEYS[4] dead-letter stream,
 -- KEYS[5] attempts (entry id -> failed attempts)
--- ARGV[1] consumer group, ARGV[2] max failed attempts (MAX_DELIVERIES), then per entry three
+-- ARGV[1] consumer group, ARGV[2] max failed attempts (MAX_DELIVERIES), then per entry, in
+-- stream order, three
 -- elements: entry id, order id ('' = read it from the entry), and an error the ledger gave for
 -- this order ('' = none; one that is set counts as a failed attempt and confirms nothing).
 --
--- Returns, per entry, five elements: entry id, outcome, quantity, created_ms, done_ms, where
--- outcome is 'confirmed' | 'duplicate' (order already final) | 'skipped' (no longer pending:
+-- Returns the script's time (ms) then, per entry in the order given, two elements: the
+-- outcome and the order's created_ms (0 when there is none), where outcome is 'confirmed' | 'duplicate' (order already final) | 'skipped' (no longer pending:
 -- another worker finished it) | 'dead_lettered:<reason>' (reason unparseable, entry_missing,
 -- unknown_order, corrupt_order: nothing held) | 'parked:max_attempts' (order still pending) |
 -- 'retry:<error>' (attempt counted, entry left pending).
@@ -34,10 +35,11 @@ local group, max_attempts = ARGV[1], tonumber(ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local had_attempts = redis.call('EXISTS', KEYS[5]) == 1
-local out = {}
--- Acknowledged together at the end: one XACK per batch. An entry whose order is already
--- final is acknowledged again harmlessly if the script stops before (its redelivery is a
--- 'duplicate'); counters are still updated per entry, so each entry's writes stay whole.
+local out = {now}
+-- Written together at the end: the confirmed records (one HSET), the counter (one HINCRBY)
+-- and the acknowledgements (one XACK), so a batch costs a handful of commands rather than
+-- several per entry. Nothing between them can fail: the counter is checked first, and once a
+-- script has written, Redis no longer refuses it for memory.
 local to_ack = {}
 
 -- Errors no entry is to blame for: re-raised so that nothing is counted.
@@ -77,11 +79,29 @@ local function dead_letter(id, outcome, reason, attempts, fields, order_id, orde
   forget_attempts(id)
   local qty, created = 0, 0
   if order then qty, created = order.qty, order.created end
-  return {id, outcome .. ':' .. reason, qty, created, now}
+  return {outcome .. ':' .. reason, created}
 end
+
+-- The batch's order records, in one HMGET (the worker passes the order ids it read).
+local records = {}
+do
+  local named = {}
+  for i = 3, #ARGV, 3 do
+    if ARGV[i + 1] ~= '' then named[#named + 1] = ARGV[i + 1] end
+  end
+  for j = 1, #named, 500 do
+    local got = redis.call('HMGET', KEYS[2], unpack(named, j, math.min(j + 499, #named)))
+    for k = 1, #got do records[named[j + k - 1]] = got[k] end
+  end
+end
+-- Confirmations are written together at the end (one HSET, one HINCRBY), so the one check
+-- that could make those writes fail, a counter that is not a number, is made here, first.
+local counter_ok = tonumber(redis.call('HGET', KEYS[1], 'confirmed') or '0') ~= nil
+local updates, confirmed_add, done = {}, 0, {}
 
 local function finalize(id, order_id)
   local fields = {'order', order_id}
+  local record
   if order_id == '' then
     -- The worker did not have the entry's fields (it listed its pending entries): read them.
     local entry = redis.call('XRANGE', KEYS[3], id, id)
@@ -92,11 +112,13 @@ local function finalize(id, order_id)
     for i = 1, #fields, 2 do
       if fields[i] == 'order' then order_id = fields[i + 1] end
     end
+    if order_id then record = redis.call('HGET', KEYS[2], order_id) end
+  else
+    record = records[order_id]
   end
   if not order_id then
     return dead_letter(id, 'dead_lettered', 'unparseable', 0, fields)
   end
-  local record = redis.call('HGET', KEYS[2], order_id)
   if not record then
     return dead_letter(id, 'dead_lettered', 'unknown_order', 0, fields, order_id)
   end
@@ -104,48 +126,35 @@ local function finalize(id, order_id)
   if not order then
     return dead_letter(id, 'dead_lettered', 'corrupt_order', 0, fields, order_id)
   end
-  if order.status ~= 'p' then
+  if order.status ~= 'p' or done[order_id] then
     to_ack[#to_ack + 1] = id
     forget_attempts(id)
-    return {id, 'duplicate', order.qty, order.created, order.done}
+    return {'duplicate', order.created}
   end
-  redis.call('HINCRBY', KEYS[1], 'confirmed', order.qty)
-  redis.call('HSET', KEYS[2], order_id,
-    string.format('c|%d|%s|%d|%s', order.qty, order.created, now, order.user))
+  if not counter_ok then
+    error('ERR hash value is not an integer: the event\'s confirmed counter')
+  end
+  updates[#updates + 1] = order_id
+  updates[#updates + 1] = string.format('c|%d|%s|%d|%s', order.qty, order.created, now, order.user)
+  confirmed_add = confirmed_add + order.qty
+  done[order_id] = true
   to_ack[#to_ack + 1] = id
   forget_attempts(id)
-  return {id, 'confirmed', order.qty, order.created, now}
+  return {'confirmed', order.created}
 end
 
--- Stream ids compare as (milliseconds, sequence), not as text.
-local function split(id)
-  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
-  return tonumber(ms) or 0, tonumber(seq) or 0
-end
-local function less(a, b)
-  local am, as = split(a)
-  local bm, bs = split(b)
-  return am < bm or (am == bm and as < bs)
-end
-
--- Which entries of the batch are still pending: one XPENDING over the batch's id range. The
+-- Which entries of the batch are still pending: one XPENDING over the batch's id range (the
+-- worker passes the entries in stream order, so the range is the first to the last). The
 -- range may hold other consumers' entries too; if the answer could be cut short by its COUNT,
 -- fall back to one XPENDING per entry.
 local pending
-do
-  local first, last
-  for i = 3, #ARGV, 3 do
-    local id = ARGV[i]
-    if not first or less(id, first) then first = id end
-    if not last or less(last, id) then last = id end
-  end
-  if first then
-    local count = (#ARGV - 2) / 3 * 4 + 100
-    local rows = redis.call('XPENDING', KEYS[3], group, first, last, count)
-    if #rows < count then
-      pending = {}
-      for _, row in ipairs(rows) do pending[row[1]] = true end
-    end
+if #ARGV >= 5 then
+  local first, last = ARGV[3], ARGV[#ARGV - 2]
+  local count = (#ARGV - 2) / 3 * 4 + 100
+  local rows = redis.call('XPENDING', KEYS[3], group, first, last, count)
+  if #rows < count then
+    pending = {}
+    for _, row in ipairs(rows) do pending[row[1]] = true end
   end
 end
 local function is_pending(id)
@@ -157,7 +166,7 @@ for i = 3, #ARGV, 3 do
   local id, order_arg, ledger_error = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local result
   if not is_pending(id) then
-    result = {id, 'skipped', 0, 0, 0}
+    result = {'skipped', 0}
   else
     local ok, value
     if ledger_error ~= '' then
@@ -185,13 +194,19 @@ for i = 3, #ARGV, 3 do
         result = dead_letter(id, 'parked', 'max_attempts', attempts, fields, order_id,
           parse(redis.call('HGET', KEYS[2], order_id)), err)
       else
-        result = {id, 'retry:' .. err, 0, 0, 0}
+        result = {'retry:' .. err, 0}
       end
     end
   end
-  for _, v in ipairs(result) do
-    out[#out + 1] = v
-  end
+  out[#out + 1] = result[1]
+  out[#out + 1] = result[2]
+end
+-- The batch's writes: confirmations, the counter, then the acknowledgements.
+for i = 1, #updates, 1000 do
+  redis.call('HSET', KEYS[2], unpack(updates, i, math.min(i + 999, #updates)))
+end
+if confirmed_add > 0 then
+  redis.call('HINCRBY', KEYS[1], 'confirmed', confirmed_add)
 end
 for i = 1, #to_ack, 1000 do
   redis.call('XACK', KEYS[3], group, unpack(to_ack, i, math.min(i + 999, #to_ack)))

@@ -276,10 +276,9 @@ pub enum EntryOutcome {
 pub struct FinalizedEntry {
     pub entry_id: String,
     pub outcome: EntryOutcome,
-    pub quantity: u32,
     /// When the order was reserved (0 when the entry named no order).
     pub created_ms: i64,
-    /// When it was confirmed (or dead-lettered).
+    /// When this batch was finalized.
     pub done_ms: i64,
 }
 
@@ -306,6 +305,9 @@ pub async fn finalize(
     entries: &[ToFinalize<'_>],
     max_attempts: u32,
 ) -> RedisResult<Vec<FinalizedEntry>> {
+    // In stream order: the script takes the first and last as the range of its one XPENDING.
+    let mut entries = entries.to_vec();
+    entries.sort_by_key(|e| stream_id_order(e.entry_id));
     let mut invocation = FINALIZE.prepare_invoke();
     invocation
         .key(&keys.event)
@@ -315,29 +317,36 @@ pub async fn finalize(
         .key(&keys.attempts)
         .arg(CONSUMER_GROUP)
         .arg(max_attempts);
-    for entry in entries {
+    for entry in &entries {
         invocation
             .arg(entry.entry_id)
             .arg(entry.order_id.unwrap_or(""))
             .arg(entry.ledger_error.unwrap_or(""));
     }
     let reply = Reply::new(invocation.invoke_async(conn).await?)?;
-    if reply.len() != entries.len() * 5 {
-        return Err(unexpected("five elements per entry", &Value::Int(reply.len() as i64)));
+    if reply.len() != 1 + entries.len() * 2 {
+        return Err(unexpected("the time, then two elements per entry", &Value::Int(reply.len() as i64)));
     }
-    (0..entries.len())
-        .map(|i| {
-            let at = i * 5;
-            let outcome = parse_outcome(reply.str(at + 1)?)?;
+    let done_ms = reply.int(0)?;
+    entries
+        .iter()
+        .enumerate()
+        .map(|(i, entry)| {
+            let at = 1 + i * 2;
             Ok(FinalizedEntry {
-                entry_id: reply.str(at)?.to_owned(),
-                outcome,
-                quantity: reply.int(at + 2)? as u32,
-                created_ms: reply.int(at + 3)?,
-                done_ms: reply.int(at + 4).unwrap_or(0),
+                entry_id: entry.entry_id.to_owned(),
+                outcome: parse_outcome(reply.str(at)?)?,
+                created_ms: reply.int(at + 1).unwrap_or(0),
+                done_ms,
             })
         })
         .collect()
+}
+
+/// A stream id's (milliseconds, sequence), for ordering; malformed ids sort first.
+fn stream_id_order(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
 }
 
 fn parse_outcome(text: &str) -> RedisResult<EntryOutcome> {

@@ -248,6 +248,11 @@ impl Worker {
         self.proc.wait_exit(timeout).await
     }
 
+    /// The process id (to read its CPU time in /proc, say).
+    pub fn pid(&self) -> u32 {
+        self.proc.pid().as_raw() as u32
+    }
+
     pub async fn metrics(&self) -> String {
         reqwest::get(format!("http://{}/metrics", self.metrics_addr))
             .await

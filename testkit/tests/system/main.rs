@@ -6,6 +6,8 @@
 
 mod common;
 
+mod cost;
+
 mod faults;
 mod hardening;
 mod ledger;
