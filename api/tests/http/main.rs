@@ -6,6 +6,7 @@
 mod helpers;
 mod tokens;
 
+mod browsers_and_admins;
 mod buyer_tokens;
 mod edge;
 mod events;
