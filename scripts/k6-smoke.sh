@@ -32,6 +32,9 @@ source scripts/stack.sh
 stack_init
 # shellcheck disable=SC2119 # stack_redis's optional arguments are extra redis-server flags
 stack_redis
+# Buyer tokens on: the gateways take HS256 tokens, which k6 mints with the same secret.
+BUYER_JWT_SECRET=${BUYER_JWT_SECRET:-$(python3 -c 'import secrets; print(secrets.token_hex(32))')}
+export BUYER_JWT_SECRET
 stack_gateway GW1
 stack_gateway GW2
 stack_worker W1
