@@ -35,6 +35,7 @@ use std::time::Duration;
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::HeaderMap;
 use axum::http::request::Parts;
+use flashsale_shared::UserId;
 use governor::clock::{Clock, MonotonicClock};
 use governor::nanos::Nanos;
 use governor::state::StateStore;
@@ -208,7 +209,7 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
 /// Both limits and the proxies whose forwarding headers are believed.
 #[derive(Debug)]
 pub struct RateLimits {
-    buyer: Option<KeyedLimiter<String>>,
+    buyer: Option<KeyedLimiter<UserId>>,
     client: Option<KeyedLimiter<IpAddr>>,
     trusted: TrustedProxies,
 }
@@ -227,7 +228,7 @@ impl RateLimits {
         }
     }
 
-    pub fn buyer(&self) -> Option<&KeyedLimiter<String>> {
+    pub fn buyer(&self) -> Option<&KeyedLimiter<UserId>> {
         self.buyer.as_ref()
     }
 
@@ -306,11 +307,10 @@ impl FromRequestParts<AppState> for ClientAllowed {
 
 impl AppState {
     /// Charges one request to `buyer`'s limit (a verified buyer: see [`RateLimits::new`]).
-    pub fn limit_buyer(&self, buyer: &flashsale_shared::UserId) -> Result<(), ApiError> {
+    pub fn limit_buyer(&self, buyer: &UserId) -> Result<(), ApiError> {
         let Some(limiter) = self.limits().buyer() else { return Ok(()) };
-        // A `String` key: the lookup borrows, only a new entry clones.
-        let key = buyer.as_str().to_owned();
-        limiter.check(&key).map_err(|wait| self.rate_limited(Limit::Buyer, wait))
+        // The lookup borrows; only a new entry clones the id.
+        limiter.check(buyer).map_err(|wait| self.rate_limited(Limit::Buyer, wait))
     }
 
     pub(crate) fn rate_limited(&self, limit: Limit, wait: Duration) -> ApiError {
