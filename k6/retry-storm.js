@@ -130,7 +130,7 @@ export function teardown(data) {
     for (const res of http.batch(batch)) {
       if (res.status === 200 && res.headers['Idempotent-Replayed'] === 'true') {
         replays += 1;
-        orders.push(res.json('order_id'));
+        orders.push({ id: res.json('order_id'), user: res.json('user_id') });
       } else {
         created += res.status === 202 ? 1 : 0;
         console.warn(`teardown re-post: ${res.status} ${String(res.body).slice(0, 200)}`);
@@ -141,10 +141,10 @@ export function teardown(data) {
   // The replayed orders exist and the workers confirmed them.
   let confirmed = 0;
   for (let first = 0; first < orders.length; first += 20) {
-    const batch = orders.slice(first, first + 20).map((id) => ({
+    const batch = orders.slice(first, first + 20).map(({ id, user }) => ({
       method: 'GET',
       url: `${fs.BASE_URLS[0]}/v1/events/${data.event}/orders/${id}`,
-      params: { tags: { name: 'books' } },
+      params: { headers: fs.buyerHeaders(user), tags: { name: 'books' } },
     }));
     for (const res of http.batch(batch)) {
       if (res.status === 200 && res.json('status') === 'confirmed') confirmed += 1;

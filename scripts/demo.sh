@@ -12,6 +12,9 @@ stack_init
 stack_redis
 stack_postgres
 stack_worker W1 BLOCK_MS=200
+# Buyer tokens on: the gateways take HS256 tokens, which k6 mints with the same secret.
+BUYER_JWT_SECRET=${BUYER_JWT_SECRET:-$(python3 -c 'import secrets; print(secrets.token_hex(32))')}
+export BUYER_JWT_SECRET
 stack_gateway GW1
 stack_gateway GW2
 echo "stack up: redis $REDIS_URL, ledger $DATABASE_URL, gateways $GW1_URL $GW2_URL, worker metrics $W1_METRICS"

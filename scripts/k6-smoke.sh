@@ -34,6 +34,9 @@ stack_init
 # shellcheck disable=SC2119 # stack_redis's optional arguments are extra redis-server flags
 stack_redis
 stack_postgres
+# Buyer tokens on: the gateways take HS256 tokens, which k6 mints with the same secret.
+BUYER_JWT_SECRET=${BUYER_JWT_SECRET:-$(python3 -c 'import secrets; print(secrets.token_hex(32))')}
+export BUYER_JWT_SECRET
 stack_worker W1
 stack_worker W2
 stack_gateway GW1

@@ -44,6 +44,12 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("missing or wrong admin token")]
     Unauthorized,
+    #[error("buyer token refused: {0:?}")]
+    InvalidToken(crate::buyer::TokenError),
+    #[error("user_id is not the token's subject")]
+    UserMismatch,
+    #[error("rate limited ({limit:?})")]
+    RateLimited { limit: crate::limit::Limit, retry_after_secs: u64 },
     #[error("event not found")]
     EventNotFound,
     #[error("order not found")]
@@ -170,7 +176,9 @@ impl ApiError {
             Self::PayloadTooLarge => (S::PAYLOAD_TOO_LARGE, "payload_too_large", "Payload too large"),
             Self::RouteNotFound => (S::NOT_FOUND, "not_found", "Not found"),
             Self::MethodNotAllowed => (S::METHOD_NOT_ALLOWED, "method_not_allowed", "Method not allowed"),
-            Self::Unauthorized => (S::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            Self::Unauthorized | Self::InvalidToken(_) => (S::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            Self::UserMismatch => (S::FORBIDDEN, "user_mismatch", "User mismatch"),
+            Self::RateLimited { .. } => (S::TOO_MANY_REQUESTS, "rate_limited", "Too many requests"),
             Self::EventNotFound => (S::NOT_FOUND, "event_not_found", "Event not found"),
             Self::OrderNotFound => (S::NOT_FOUND, "order_not_found", "Order not found"),
             Self::EventConflict => (S::CONFLICT, "event_conflict", "Event conflict"),
@@ -241,6 +249,19 @@ impl ApiError {
             Self::RouteNotFound => "No route matches this path.".into(),
             Self::MethodNotAllowed => "This route does not accept this method; see the Allow header.".into(),
             Self::Unauthorized => "Admin routes need `Authorization: Bearer <ADMIN_TOKEN>`.".into(),
+            Self::InvalidToken(why) => {
+                format!(
+                    "Buyer routes need `Authorization: Bearer <token>` with a valid token: {}",
+                    why.detail()
+                )
+            }
+            Self::UserMismatch => {
+                "user_id must be the buyer the token names (its sub), or be left out.".into()
+            }
+            Self::RateLimited { limit, retry_after_secs } => format!(
+                "Too many requests {}; retry in {retry_after_secs} s (Retry-After). Nothing was changed.",
+                limit.whose()
+            ),
             Self::EventNotFound => "No event has this id.".into(),
             Self::OrderNotFound => "This event has no order with this id.".into(),
             Self::EventConflict => {
@@ -329,33 +350,40 @@ pub struct ServerFault(pub String);
 #[derive(Debug, Clone, Copy)]
 pub struct ProblemCode(pub &'static str);
 
+impl ApiError {
+    /// Headers a problem carries besides its content type: the challenge of a 401, when to
+    /// retry a 429 or a 503.
+    fn extra_header(&self) -> Option<(header::HeaderName, HeaderValue)> {
+        match self {
+            Self::Unauthorized => Some((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))),
+            Self::InvalidToken(_) => {
+                Some((header::WWW_AUTHENTICATE, HeaderValue::from_static(r#"Bearer error="invalid_token""#)))
+            }
+            Self::RateLimited { retry_after_secs, .. } => {
+                Some((header::RETRY_AFTER, HeaderValue::from(*retry_after_secs)))
+            }
+            Self::Unavailable { .. } => Some((header::RETRY_AFTER, HeaderValue::from_static("1"))),
+            _ => None,
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         let code = self.code();
-        if let Some(body) = constant_body(code) {
-            let mut response =
-                (status, [(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON))], body)
-                    .into_response();
-            if let Self::Unauthorized = self {
-                response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            }
-            response.extensions_mut().insert(ProblemCode(code));
-            return response;
-        }
         let fault = match &self {
             Self::Internal(cause) | Self::Unavailable { cause, .. } => Some(ServerFault(cause.clone())),
             _ => None,
         };
-        let problem = self.problem();
-        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let body = match constant_body(&self) {
+            Some(body) => axum::body::Body::from(body),
+            None => axum::body::Body::from(serde_json::to_vec(&self.problem()).unwrap_or_default()),
+        };
         let mut response =
             (status, [(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON))], body).into_response();
-        if let Self::Unavailable { .. } = self {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        if let Self::Unauthorized = self {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        if let Some((name, value)) = self.extra_header() {
+            response.headers_mut().insert(name, value);
         }
         response.extensions_mut().insert(ProblemCode(code));
         if let Some(fault) = fault {
@@ -366,9 +394,11 @@ impl IntoResponse for ApiError {
 }
 
 /// Problems whose every member is constant (the bulk of a flash sale is `sold_out`):
-/// serialized once, served as static bytes.
-fn constant_body(code: &str) -> Option<&'static [u8]> {
-    static BODIES: LazyLock<HashMap<&'static str, &'static [u8]>> = LazyLock::new(|| {
+/// serialized once, served as static bytes. Keyed by variant, not by code: two variants may
+/// share a code (`unauthorized` for the admin token and for a buyer token) but not a body.
+fn constant_body(error: &ApiError) -> Option<&'static [u8]> {
+    type Bodies = HashMap<std::mem::Discriminant<ApiError>, &'static [u8]>;
+    static BODIES: LazyLock<Bodies> = LazyLock::new(|| {
         [
             ApiError::SoldOut,
             ApiError::SaleNotActive,
@@ -382,15 +412,16 @@ fn constant_body(code: &str) -> Option<&'static [u8]> {
             ApiError::UnsupportedMediaType,
             ApiError::PayloadTooLarge,
             ApiError::EventConflict,
+            ApiError::UserMismatch,
         ]
         .into_iter()
         .map(|error| {
             let body = serde_json::to_vec(&error.problem()).unwrap_or_default();
-            (error.code(), &*Box::leak(body.into_boxed_slice()))
+            (std::mem::discriminant(&error), &*Box::leak(body.into_boxed_slice()))
         })
         .collect()
     });
-    BODIES.get(code).copied()
+    BODIES.get(&std::mem::discriminant(error)).copied()
 }
 
 /// Turns any error response that is not already a problem (axum's own 404, 405 and

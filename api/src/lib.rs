@@ -12,12 +12,17 @@
 //! - `routes/`: one module per resource (events, purchases, orders, health).
 //! - [`error`]: the one error type and the error policy; every error is a problem document.
 //! - [`extract`], [`auth`]: extractors that reject with problems; admin deny-by-default.
+//! - [`buyer`]: who is buying: buyer tokens (JWT) verified against the merchant's keys.
+//! - [`limit`]: rate limits per buyer and per client address, with bounded memory.
 //! - [`metrics`]: the Prometheus series, by matched route.
 
 pub mod auth;
+pub mod buyer;
 pub mod config;
+pub mod cors;
 pub mod error;
 pub mod extract;
+pub mod limit;
 pub mod metrics;
 pub mod observe;
 pub mod openapi;
@@ -43,9 +48,11 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::config::AdminToken;
+use crate::buyer::BuyerKeys;
 pub use crate::config::Config;
+use crate::config::{AdminToken, BuyerAuth};
 use crate::error::ApiError;
+use crate::limit::{Limit, RateLimits};
 use crate::metrics::ApiMetrics;
 use crate::redis_status::RedisStatus;
 use crate::sold_out::SoldOutBoard;
@@ -68,37 +75,59 @@ struct Inner {
     redis_timeout: Duration,
     request_timeout: Duration,
     body_timeout: Duration,
-    admin_token: Option<AdminToken>,
+    /// Every admin token (`ADMIN_TOKEN` and `ADMIN_TOKENS`); empty: admin routes are closed.
+    admin_tokens: Vec<AdminToken>,
     idempotency_retention: Duration,
     metrics: Arc<ApiMetrics>,
     sold_out: Arc<SoldOutBoard>,
+    /// The keys buyer tokens are verified with; `None` with `BUYER_AUTH=none`.
+    buyer_keys: Option<BuyerKeys>,
+    limits: RateLimits,
 }
 
 impl AppState {
-    pub fn new(config: &Config) -> RedisResult<Self> {
-        let redis = Redis::new(&config.redis)?;
+    /// Errors name the setting at fault (a key file that does not load, say).
+    pub fn new(config: &Config) -> Result<Self, String> {
+        let redis = Redis::new(&config.redis).map_err(|e| format!("REDIS_URL: {e}"))?;
         let sold_out = Arc::new(SoldOutBoard::new(config, redis.clone()));
+        let buyer_keys = match config.buyer_auth()? {
+            BuyerAuth::Jwt => BuyerKeys::from_config(config)?,
+            BuyerAuth::None => None,
+        };
+        let limits = RateLimits::new(config, buyer_keys.is_some());
         Ok(Self(Arc::new(Inner {
             redis,
             redis_status: Arc::new(RedisStatus::default()),
             ledger: match config.ledger.database_url {
-                Some(_) => Some(flashsale_ledger::Ledger::new(&config.ledger).map_err(|e| {
-                    redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "ledger", e.to_string()))
-                })?),
+                Some(_) => Some(
+                    flashsale_ledger::Ledger::new(&config.ledger)
+                        .map_err(|e| format!("DATABASE_URL: {e}"))?,
+                ),
                 None => None,
             },
             redis_timeout: config.redis.timeout(),
             request_timeout: config.request_timeout(),
             body_timeout: config.body_timeout(),
-            admin_token: config.admin_token.clone(),
+            admin_tokens: config.admin_tokens(),
             idempotency_retention: config.idempotency_retention(),
             metrics: Arc::new(ApiMetrics::new()),
             sold_out,
+            buyer_keys,
+            limits,
         })))
     }
 
-    pub fn admin_token(&self) -> Option<&AdminToken> {
-        self.0.admin_token.as_ref()
+    /// The buyer-token keys, when buyer routes need a token (`BUYER_AUTH=jwt`).
+    pub fn buyer_keys(&self) -> Option<&BuyerKeys> {
+        self.0.buyer_keys.as_ref()
+    }
+
+    pub fn limits(&self) -> &RateLimits {
+        &self.0.limits
+    }
+
+    pub fn admin_tokens(&self) -> &[AdminToken] {
+        &self.0.admin_tokens
     }
 
     pub fn request_timeout(&self) -> Duration {
@@ -193,7 +222,10 @@ pub enum Routes {
 /// document (every route, whichever listener serves it) is generated from the same lists of
 /// handlers and served at `/openapi.json`.
 pub fn router_for(which: Routes, state: AppState) -> Router {
-    let (_, openapi) = public_routes().merge(admin_routes()).split_for_parts();
+    let (_, mut openapi) = public_routes().merge(admin_routes()).split_for_parts();
+    if state.buyer_keys().is_none() {
+        openapi::buyer_routes_public(&mut openapi);
+    }
     let document = openapi.to_pretty_json().unwrap_or_default();
     let routes = match which {
         Routes::All => public_routes().merge(admin_routes()),
@@ -285,8 +317,15 @@ pub async fn run_with_admin(
 ) -> std::io::Result<()> {
     config.validate().map_err(std::io::Error::other)?;
     let state = AppState::new(&config).map_err(std::io::Error::other)?;
-    if config.admin_token.is_none() {
-        tracing::warn!("ADMIN_TOKEN is not set: every admin route answers 401");
+    if config.admin_tokens().is_empty() {
+        tracing::warn!("neither ADMIN_TOKEN nor ADMIN_TOKENS is set: every admin route answers 401");
+    }
+    match state.buyer_keys() {
+        Some(keys) => tracing::info!(?keys, "buyer routes need a buyer token (BUYER_AUTH=jwt)"),
+        None => tracing::warn!(
+            "BUYER_AUTH=none: the buyer is whatever user_id a request's body says; only safe behind a \
+             proxy that authenticates buyers and sets user_id itself"
+        ),
     }
     let admin_addr = admin.as_ref().map(TcpListener::local_addr).transpose()?;
     tracing::info!(
@@ -306,10 +345,16 @@ pub async fn run_with_admin(
         background.clone(),
     ));
     tokio::spawn(state.sold_out().clone().run(background.clone()));
+    tokio::spawn(sweep_rate_limits(state.clone(), background.clone()));
 
     let limits = serve::Limits::new(&config);
+    // Browsers reach the public routes; CORS applies wherever those are served.
+    let cors = |app: Router| match &config.cors_allowed_origins {
+        Some(origins) => app.layer(cors::layer(origins)),
+        None => app,
+    };
     match admin {
-        None => serve::serve(listener, router(state), limits, shutdown).await,
+        None => serve::serve(listener, cors(router(state)), limits, shutdown).await,
         Some(admin) => {
             // One shutdown for both listeners.
             let stopping = CancellationToken::new();
@@ -320,8 +365,8 @@ pub async fn run_with_admin(
             });
             let admin_app = router_for(Routes::Admin, state.clone());
             let admin_server = serve::serve(admin, admin_app, limits, stopping.clone().cancelled_owned());
-            let public_server =
-                serve::serve(listener, router_for(Routes::Public, state), limits, stopping.cancelled_owned());
+            let public_app = cors(router_for(Routes::Public, state));
+            let public_server = serve::serve(listener, public_app, limits, stopping.cancelled_owned());
             tokio::join!(admin_server, public_server);
         }
     }
@@ -342,6 +387,21 @@ async fn warm_up_scripts(state: AppState, stop: CancellationToken) {
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+/// Drops the rate limiters' stale entries every second (see [`limit`]), and reports what
+/// they held.
+async fn sweep_rate_limits(state: AppState, stop: CancellationToken) {
+    let mut ticker = flashsale_shared::shutdown::Ticker::new(limit::SWEEP_INTERVAL, stop);
+    while ticker.tick().await {
+        let limits = state.limits();
+        if let Some(buyer) = limits.buyer() {
+            state.metrics().rate_limit_swept(Limit::Buyer, buyer.sweep(), buyer.overflowed());
+        }
+        if let Some(client) = limits.client() {
+            state.metrics().rate_limit_swept(Limit::Client, client.sweep(), client.overflowed());
         }
     }
 }

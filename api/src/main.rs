@@ -1,4 +1,5 @@
-//! `flashsale-api`: parse the configuration, bind, serve until SIGINT/SIGTERM.
+//! `flashsale-api`: parse the configuration, bind, serve until SIGINT/SIGTERM; or, with
+//! `token`, print a buyer token signed with the configured key.
 
 use std::process::ExitCode;
 
@@ -9,10 +10,14 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
 use flashsale_api::Config;
+use flashsale_api::config::{Command, TokenArgs};
 use flashsale_shared::{shutdown, telemetry};
 
 fn main() -> ExitCode {
     let config = Config::parse();
+    if let Some(Command::Token(args)) = &config.command {
+        return token(&config, args);
+    }
     if let Err(error) = telemetry::init_tracing(&config.log) {
         eprintln!("flashsale-api: {error}");
         return ExitCode::from(2);
@@ -44,6 +49,28 @@ async fn serve(config: Config) -> ExitCode {
         Err(error) => {
             tracing::error!(%error, "gateway failed");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `flashsale-api token --sub U [--ttl 10m] [--key private.pem] [--kid K]`: the token on
+/// stdout, for an operator's test against this gateway's configuration.
+fn token(config: &Config, args: &TokenArgs) -> ExitCode {
+    let pem = match args.key.as_deref().map(std::fs::read).transpose() {
+        Ok(pem) => pem,
+        Err(error) => {
+            eprintln!("flashsale-api token: --key: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    match flashsale_api::buyer::mint(config, &args.sub, args.ttl, pem.as_deref(), args.kid.as_deref()) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("flashsale-api token: {error}");
+            ExitCode::from(2)
         }
     }
 }

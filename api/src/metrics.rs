@@ -6,6 +6,10 @@
 //! - `flashsale_sold_out_local_total`: purchases answered `sold_out` from the local flag.
 //! - `flashsale_http_requests_in_flight`: requests being handled now.
 //! - `flashsale_build_info{version,revision}`: always 1.
+//! - `flashsale_rate_limited_total{limit}`: requests refused with 429, `limit` `buyer` or
+//!   `client`; `flashsale_rate_limit_keys{limit}`: entries the limiter held at its last sweep,
+//!   before it dropped the stale ones (the most it held since the sweep before);
+//!   `flashsale_rate_limit_overflow_total{limit}`: requests of keys that found the store full.
 //! - `flashsale_http_requests_total{method,route,status}` and
 //!   `flashsale_http_request_duration_seconds{method,route}`: by matched route, never by raw
 //!   path (unmatched requests share `route="unmatched"`), so cardinality stays bounded.
@@ -19,7 +23,9 @@ use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
 use flashsale_shared::telemetry::{LATENCY_BUCKETS, Metrics};
-use metrics::{Counter, Histogram};
+use metrics::{Counter, Gauge, Histogram};
+
+use crate::limit::Limit;
 
 pub const PURCHASES_TOTAL: &str = "flashsale_purchases_total";
 pub const PURCHASE_DURATION: &str = "flashsale_purchase_duration_seconds";
@@ -27,6 +33,9 @@ pub const SOLD_OUT_LOCAL_TOTAL: &str = "flashsale_sold_out_local_total";
 pub const HTTP_REQUESTS_TOTAL: &str = "flashsale_http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "flashsale_http_request_duration_seconds";
 pub const HTTP_IN_FLIGHT: &str = "flashsale_http_requests_in_flight";
+pub const RATE_LIMITED_TOTAL: &str = "flashsale_rate_limited_total";
+pub const RATE_LIMIT_KEYS: &str = "flashsale_rate_limit_keys";
+pub const RATE_LIMIT_OVERFLOW_TOTAL: &str = "flashsale_rate_limit_overflow_total";
 
 /// The route whose requests also count as purchases.
 pub const PURCHASE_ROUTE: &str = "/v1/events/{event_id}/purchases";
@@ -66,6 +75,10 @@ pub struct ApiMetrics {
     error: Counter,
     purchase_duration: Histogram,
     sold_out_local: Counter,
+    /// By [`Limit`]: buyer, client.
+    rate_limited: [Counter; 2],
+    rate_limit_keys: [Gauge; 2],
+    rate_limit_overflow: [Counter; 2],
     /// Handles per (method, route[, status]), registered on first use and then reused, so a
     /// request costs one read-locked lookup instead of building label sets.
     http: RwLock<HttpSeries>,
@@ -98,6 +111,27 @@ impl ApiMetrics {
                 "Purchases answered sold_out from the gateway's local flag, without Redis.",
                 &[],
             ),
+            rate_limited: [Limit::Buyer, Limit::Client].map(|limit| {
+                registry.counter(
+                    RATE_LIMITED_TOTAL,
+                    "Requests refused with 429, by limit.",
+                    &[("limit", limit.label())],
+                )
+            }),
+            rate_limit_keys: [Limit::Buyer, Limit::Client].map(|limit| {
+                registry.gauge(
+                    RATE_LIMIT_KEYS,
+                    "Entries a rate limiter held at its last sweep, before stale ones were dropped.",
+                    &[("limit", limit.label())],
+                )
+            }),
+            rate_limit_overflow: [Limit::Buyer, Limit::Client].map(|limit| {
+                registry.counter(
+                    RATE_LIMIT_OVERFLOW_TOTAL,
+                    "Requests of keys that found the rate limiter's store full (one shared entry).",
+                    &[("limit", limit.label())],
+                )
+            }),
             http: RwLock::new(HashMap::new()),
             in_flight: registry.gauge(HTTP_IN_FLIGHT, "HTTP requests being handled now.", &[]),
             registry,
@@ -107,6 +141,16 @@ impl ApiMetrics {
     /// A purchase answered from the local sold-out flag (also counted as `sold_out`).
     pub fn sold_out_locally(&self) {
         self.sold_out_local.increment(1);
+    }
+
+    pub fn rate_limited(&self, limit: Limit) {
+        self.rate_limited[limit as usize].increment(1);
+    }
+
+    /// What a limiter's sweep found: entries held before it, overflowed requests so far.
+    pub fn rate_limit_swept(&self, limit: Limit, held: usize, overflowed: u64) {
+        self.rate_limit_keys[limit as usize].set(held as f64);
+        self.rate_limit_overflow[limit as usize].absolute(overflowed);
     }
 
     pub fn render(&self) -> String {

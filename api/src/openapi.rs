@@ -2,7 +2,7 @@
 //! served at `/openapi.json`. Routes and document come from one list in [`crate::router`],
 //! so an undocumented route cannot exist.
 
-use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::security::{Http, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::error::Problem;
@@ -22,19 +22,54 @@ use crate::error::Problem;
         (name = "operations", description = "Probes and metrics."),
     ),
     components(schemas(Problem)),
-    modifiers(&AdminToken)
+    modifiers(&SecuritySchemes)
 )]
 pub struct ApiDoc;
 
-/// Declares the bearer scheme that admin routes reference as `admin_token`.
-struct AdminToken;
+/// Declares the bearer schemes routes reference: `admin_token` (admin routes) and
+/// `buyer_token` (a JWT: purchases and orders, with `BUYER_AUTH=jwt`).
+struct SecuritySchemes;
 
-impl Modify for AdminToken {
+impl Modify for SecuritySchemes {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
         components
             .add_security_scheme("admin_token", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+        let buyer = HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build();
+        components.add_security_scheme(BUYER_TOKEN, SecurityScheme::Http(buyer));
     }
+}
+
+const BUYER_TOKEN: &str = "buyer_token";
+
+/// With `BUYER_AUTH=none` the buyer routes take no token: the document says so (an empty
+/// requirement), so that it describes this gateway as configured.
+pub fn buyer_routes_public(openapi: &mut utoipa::openapi::OpenApi) {
+    let buyer = SecurityRequirement::new(BUYER_TOKEN, Vec::<String>::new());
+    for item in openapi.paths.paths.values_mut() {
+        for operation in [&mut item.get, &mut item.post, &mut item.put].into_iter().flatten() {
+            if let Some(security) = &mut operation.security {
+                for requirement in security.iter_mut().filter(|r| **r == buyer) {
+                    *requirement = SecurityRequirement::default();
+                }
+            }
+        }
+    }
+}
+
+/// Problems of the buyer routes: a refused buyer token, a rate limit.
+#[derive(Debug, utoipa::IntoResponses)]
+#[allow(dead_code)] // a documentation type: never constructed
+pub enum BuyerProblems {
+    /// `unauthorized`: no buyer token, or one that is malformed, badly signed, expired, not
+    /// yet valid, or for another issuer or audience (with `BUYER_AUTH=jwt`).
+    #[response(status = 401, content_type = "application/problem+json",
+               headers(("WWW-Authenticate" = String, description = "`Bearer error=\"invalid_token\"`")))]
+    Unauthorized(Problem),
+    /// `rate_limited`: too many requests from this buyer or client address; nothing changed.
+    #[response(status = 429, content_type = "application/problem+json",
+               headers(("Retry-After" = String, description = "Seconds to wait before retrying")))]
+    RateLimited(Problem),
 }
 
 /// Problems any route may answer: Redis unreachable or slow (503, with `Retry-After`), and

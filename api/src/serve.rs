@@ -20,6 +20,7 @@
 use std::convert::Infallible;
 use std::future::{Future, poll_fn};
 use std::io;
+use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
@@ -28,7 +29,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::Request;
+use axum::extract::{ConnectInfo, Request};
 use axum::response::Response;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -76,10 +77,10 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown:
             () = &mut shutdown => break,
             permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
         };
-        let tcp = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _peer)) => tcp,
+                Ok(accepted) => accepted,
                 Err(error) => {
                     accept_failed(error).await;
                     continue;
@@ -90,7 +91,7 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown:
         if let Err(error) = tcp.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
-        tokio::spawn(connection(tcp, app.clone(), limits, draining.clone(), permit));
+        tokio::spawn(connection(tcp, peer, app.clone(), limits, draining.clone(), permit));
     }
     drop(listener);
     draining.cancel();
@@ -118,6 +119,7 @@ async fn accept_failed(error: io::Error) {
 /// One connection, from accept to close; the permit is returned when it ends.
 async fn connection(
     tcp: TcpStream,
+    peer: SocketAddr,
     app: Router,
     limits: Limits,
     draining: CancellationToken,
@@ -125,7 +127,7 @@ async fn connection(
 ) {
     let activity = Arc::new(Activity::default());
     let io = TokioIo::new(Watched { tcp, activity: activity.clone() });
-    let service = Tracked { app, activity: activity.clone() };
+    let service = Tracked { app, peer, activity: activity.clone() };
     let conn = http1::Builder::new()
         // Off: see the module doc. The watchdog keeps both timers.
         .header_read_timeout(None)
@@ -270,10 +272,13 @@ impl AsyncWrite for Watched {
     }
 }
 
-/// The router as hyper's service, counting requests in flight for the watchdog.
+/// The router as hyper's service, counting requests in flight for the watchdog, and giving
+/// each request its connection's peer address (`ConnectInfo<SocketAddr>`, as `axum::serve`
+/// does: the client-address rate limit reads it).
 #[derive(Debug, Clone)]
 struct Tracked {
     app: Router,
+    peer: SocketAddr,
     activity: Arc<Activity>,
 }
 
@@ -286,7 +291,8 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Tracked {
         // hyper calls the service once the head is complete.
         self.activity.head_started.store(false, Relaxed);
         self.activity.in_flight.fetch_add(1, Relaxed);
-        let request: Request = request.map(Body::new);
+        let mut request: Request = request.map(Body::new);
+        request.extensions_mut().insert(ConnectInfo(self.peer));
         let inner = tower_service::Service::call(&mut self.app.clone(), request);
         InFlight { inner, activity: self.activity.clone() }
     }

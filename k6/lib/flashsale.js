@@ -5,11 +5,15 @@
 //   BASE_URL     gateway URL, or a comma-separated list to spread the load over several
 //                gateways (default http://127.0.0.1:8080)
 //   ADMIN_TOKEN  bearer token of the admin routes (required: setup() creates an event)
+//   BUYER_JWT_SECRET  the gateways' HS256 buyer-token secret: each buyer's requests then carry
+//                a token for it (sub = its user id), minted here; unset: no tokens (BUYER_AUTH=none)
 //   EVENT_ID     event to create (default: a unique id per run)
 //   DRAIN_TIMEOUT_S  how long teardown() waits for the workers to confirm every order (30)
 //   SUMMARY_JSON path to also write k6's full end-of-test data to, as JSON
 
 import http from 'k6/http';
+import crypto from 'k6/crypto';
+import encoding from 'k6/encoding';
 import exec from 'k6/execution';
 import { sleep } from 'k6';
 import { Counter, Gauge, Rate, Trend } from 'k6/metrics';
@@ -20,6 +24,25 @@ export const BASE_URLS = (__ENV.BASE_URL || 'http://127.0.0.1:8080')
   .filter((url) => url.length > 0);
 
 export const ADMIN_TOKEN = __ENV.ADMIN_TOKEN || '';
+export const BUYER_JWT_SECRET = __ENV.BUYER_JWT_SECRET || '';
+
+const tokens = {};
+
+/** An HS256 buyer token for `user` (valid for an hour), minted once per VU and user. */
+export function buyerToken(user) {
+  if (!tokens[user]) {
+    const now = Math.floor(Date.now() / 1000);
+    const part = (value) => encoding.b64encode(JSON.stringify(value), 'rawurl');
+    const signed = `${part({ alg: 'HS256', typ: 'JWT' })}.${part({ sub: user, iat: now, exp: now + 3600 })}`;
+    tokens[user] = `${signed}.${crypto.hmac('sha256', BUYER_JWT_SECRET, signed, 'base64rawurl')}`;
+  }
+  return tokens[user];
+}
+
+/** The Authorization header of `user`'s requests when BUYER_JWT_SECRET is set, else none. */
+export function buyerHeaders(user) {
+  return BUYER_JWT_SECRET ? { authorization: `Bearer ${buyerToken(user)}` } : {};
+}
 
 /** An integer from the environment, or the default. */
 export function envInt(name, fallback) {
@@ -87,7 +110,7 @@ export function getEvent(id) {
 
 /** The request parameters of one purchase, for http.post or http.batch. */
 export function purchaseRequest(url, event, user, { quantity = 1, key = null, tag = 'purchase' } = {}) {
-  const headers = { ...JSON_HEADERS };
+  const headers = { ...JSON_HEADERS, ...buyerHeaders(user) };
   if (key !== null) headers['idempotency-key'] = key;
   return {
     method: 'POST',

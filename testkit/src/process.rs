@@ -189,6 +189,15 @@ impl Gateway {
     pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         self.proc.wait_exit(timeout).await
     }
+
+    /// Everything it printed so far (empty when `TEST_LOG` sends it to the terminal).
+    pub fn output(&self) -> String {
+        self.proc
+            .output
+            .as_ref()
+            .map(|file| std::fs::read_to_string(file.path()).unwrap_or_default())
+            .unwrap_or_default()
+    }
 }
 
 /// `flashsale-worker` as a child process.

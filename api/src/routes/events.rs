@@ -15,6 +15,7 @@ use crate::AppState;
 use crate::auth::Admin;
 use crate::error::{ApiError, Problem};
 use crate::extract::JsonBody;
+use crate::limit::ClientAllowed;
 use crate::openapi::{BodyProblems, ServerProblems};
 
 /// Larger stocks would not be exact in Lua's double-precision numbers.
@@ -190,11 +191,23 @@ pub(crate) async fn load(state: &AppState, id: &EventId) -> Result<EventView, Ap
     )
 )]
 pub async fn put_event(
-    _admin: Admin,
+    admin: Admin,
     State(state): State<AppState>,
     Path(EventPath { event_id }): Path<EventPath>,
     JsonBody(body): JsonBody<PutEventBody>,
 ) -> Result<Response, ApiError> {
+    let answer = put(&state, event_id.clone(), body).await;
+    let result = match &answer {
+        Ok(response) => response.status().as_u16().to_string(),
+        Err(error) => format!("{} {}", error.status().as_u16(), error.code()),
+    };
+    // Debug-formatted: the raw path segment may hold anything, a newline included.
+    tracing::info!(target: "audit", admin = %admin, action = "put_event", event = ?event_id, result,
+        "admin write");
+    answer
+}
+
+async fn put(state: &AppState, event_id: String, body: PutEventBody) -> Result<Response, ApiError> {
     let id = super::event_id(event_id)?;
     let config = body.validate()?;
     // An event that left Redis had sales: it cannot be created again under its id.
@@ -217,7 +230,7 @@ pub async fn put_event(
         PutOutcome::Unchanged | PutOutcome::Replaced => StatusCode::OK,
         PutOutcome::Conflict => return Err(ApiError::EventConflict),
     };
-    let view = load(&state, &id).await?;
+    let view = load(state, &id).await?;
     let mut response = (status, Json(view)).into_response();
     if status == StatusCode::CREATED
         && let Ok(location) = HeaderValue::try_from(format!("/v1/events/{id}"))
@@ -233,8 +246,12 @@ pub async fn put_event(
     path = "/v1/events/{event_id}",
     tag = "events",
     params(EventPath),
+    security(()),
     responses(
         (status = 200, description = "The event", body = EventView),
+        (status = 429, description = "`rate_limited`: too many requests from this client address", body = Problem,
+         content_type = "application/problem+json",
+         headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
         (status = 404, description = "`event_not_found`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`invalid_fields`: malformed event id", body = Problem,
          content_type = "application/problem+json"),
@@ -242,6 +259,7 @@ pub async fn put_event(
     )
 )]
 pub async fn get_event(
+    _client: ClientAllowed,
     State(state): State<AppState>,
     Path(EventPath { event_id }): Path<EventPath>,
 ) -> Result<Json<EventView>, ApiError> {

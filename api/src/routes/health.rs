@@ -14,7 +14,7 @@ use crate::error::{ApiError, Unavailable};
 use crate::openapi::ServerProblems;
 
 /// Liveness: the process is up. Never touches Redis.
-#[utoipa::path(get, path = "/healthz", tag = "operations",
+#[utoipa::path(get, path = "/healthz", tag = "operations", security(()),
     responses((status = 200, description = "Up", body = Object, example = json!({"status": "ok"}))))]
 pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
@@ -25,7 +25,7 @@ pub async fn healthz() -> Json<Value> {
 /// evict a live event's keys, every script is cached, and a worker has reconciled it with the
 /// ledger since it started (the purchase script is loaded: the fence). A Redis that restarted
 /// gets the other scripts loaded here; the purchase script only a worker loads.
-#[utoipa::path(get, path = "/readyz", tag = "operations",
+#[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
     responses(
         (status = 200, description = "Ready", body = Object, example = json!({"status": "ready"})),
         ServerProblems,
@@ -66,7 +66,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
 }
 
 /// Prometheus metrics (text exposition format).
-#[utoipa::path(get, path = "/metrics", tag = "operations",
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(()),
     responses((status = 200, description = "Metrics", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics().render())

@@ -9,8 +9,10 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::AppState;
+use crate::buyer::Buyer;
 use crate::error::{ApiError, Problem};
-use crate::openapi::ServerProblems;
+use crate::limit::ClientAllowed;
+use crate::openapi::{BuyerProblems, ServerProblems};
 
 /// An order as clients see it (the 202 and replay bodies, and order polling).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -83,13 +85,18 @@ pub struct OrderPath {
 }
 
 /// An order and its status: `pending` until a worker confirms it.
+///
+/// With buyer tokens only its buyer sees it: for anyone else it is `404 order_not_found`, as
+/// if it did not exist.
 #[utoipa::path(
     get,
     path = "/v1/events/{event_id}/orders/{order_id}",
     tag = "purchases",
     params(OrderPath),
+    security(("buyer_token" = [])),
     responses(
         (status = 200, description = "The order", body = OrderView),
+        BuyerProblems,
         (status = 404, description = "`order_not_found`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`invalid_fields`: malformed event id", body = Problem,
          content_type = "application/problem+json"),
@@ -97,15 +104,25 @@ pub struct OrderPath {
     )
 )]
 pub async fn get_order(
+    _client: ClientAllowed,
+    Buyer(buyer): Buyer,
     State(state): State<AppState>,
     Path(OrderPath { event_id, order_id }): Path<OrderPath>,
 ) -> Result<Json<OrderView>, ApiError> {
+    if let Some(buyer) = &buyer {
+        state.limit_buyer(buyer)?;
+    }
+    // Someone else's order is no order at all to this buyer.
+    let visible = |owner: &str| buyer.as_ref().is_none_or(|buyer| buyer.as_str() == owner);
     let event = super::event_id(event_id)?;
     let order_id = OrderId::parse(&order_id).ok_or(ApiError::OrderNotFound)?;
     let keys = EventKeys::new(&event);
     let order =
         state.redis(false, |mut conn| async move { order::load(&mut conn, &keys, order_id).await }).await?;
     if let Some(order) = order {
+        if !visible(&order.user_id) {
+            return Err(ApiError::OrderNotFound);
+        }
         return Ok(Json(OrderView::new(&event, order_id, order)));
     }
     // Not in Redis: its event may have left Redis, and the ledger holds every one of its orders.
@@ -116,7 +133,7 @@ pub async fn get_order(
             async move { ledger.order(&event, uuid).await }
         })
         .await?;
-    let order = recorded.flatten().ok_or(ApiError::OrderNotFound)?;
+    let order = recorded.flatten().filter(|order| visible(&order.user_id)).ok_or(ApiError::OrderNotFound)?;
     Ok(Json(OrderView::from_ledger(order)))
 }
 

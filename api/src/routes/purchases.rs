@@ -15,9 +15,11 @@ use serde::Deserialize;
 use super::EventPath;
 use super::orders::OrderView;
 use crate::AppState;
+use crate::buyer::Buyer;
 use crate::error::{ApiError, Problem};
 use crate::extract::JsonBody;
-use crate::openapi::{BodyProblems, ServerProblems};
+use crate::limit::ClientAllowed;
+use crate::openapi::{BodyProblems, BuyerProblems, ServerProblems};
 
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
@@ -26,9 +28,12 @@ const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-repl
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PurchaseBody {
-    /// The buyer: 1-128 characters of `[A-Za-z0-9._:-]`.
+    /// The buyer: 1-128 characters of `[A-Za-z0-9._:-]`. With buyer tokens it may be left out
+    /// (the token's `sub` is the buyer) and, when present, must equal `sub` (else 403
+    /// `user_mismatch`); without them (`BUYER_AUTH=none`) it is required.
+    #[serde(default)]
     #[schema(pattern = r"^[A-Za-z0-9._:-]{1,128}$", min_length = 1, max_length = 128)]
-    user_id: String,
+    user_id: Option<String>,
     /// Units to buy: 1 to the event's `per_user_limit`.
     #[serde(default = "one")]
     #[schema(minimum = 1, default = 1)]
@@ -46,10 +51,14 @@ fn one() -> u32 {
 /// idempotency scope is (event, user, `Idempotency-Key`); without the header it is the user,
 /// so a plain retry is recognised. Repeating a successful purchase replays it (200) in every
 /// state of the event; rejected requests are not remembered.
+///
+/// Checked in this order: the client address's rate limit, the buyer token, the body, the
+/// buyer's rate limit (replays count), then the sale.
 #[utoipa::path(
     post,
     path = "/v1/events/{event_id}/purchases",
     tag = "purchases",
+    security(("buyer_token" = [])),
     params(
         EventPath,
         ("Idempotency-Key" = Option<String>, Header, max_length = 255, min_length = 1,
@@ -64,14 +73,19 @@ fn one() -> u32 {
          body = OrderView,
          headers(("Idempotent-Replayed" = String, description = "Always `true`"),
                  ("Location" = String, description = "Where to poll the order"))),
+        BuyerProblems,
         (status = 404, description = "`event_not_found`", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`sold_out`, `limit_exceeded` or `sale_not_active`", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 403, description = "`user_mismatch`: `user_id` is not the token's `sub`", body = Problem,
          content_type = "application/problem+json"),
         BodyProblems,
         ServerProblems,
     )
 )]
 pub async fn create(
+    _client: ClientAllowed,
+    Buyer(buyer): Buyer,
     State(state): State<AppState>,
     Path(EventPath { event_id }): Path<EventPath>,
     headers: HeaderMap,
@@ -79,7 +93,12 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let event = super::event_id(event_id)?;
     let key = idempotency_key(&headers)?;
-    let user = UserId::parse(body.user_id);
+    let user = match (buyer, body.user_id) {
+        (Some(buyer), Some(claimed)) if claimed != buyer.as_str() => return Err(ApiError::UserMismatch),
+        (Some(buyer), _) => Ok(buyer),
+        (None, Some(claimed)) => UserId::parse(claimed),
+        (None, None) => Err(InvalidField::new("user_id", "is required (this gateway takes no buyer tokens)")),
+    };
     let quantity = if body.quantity == 0 {
         Err(InvalidField::new("quantity", "must be at least 1"))
     } else {
@@ -93,6 +112,8 @@ pub async fn create(
             ));
         }
     };
+
+    state.limit_buyer(&user)?;
 
     let scope = purchase::scope(&user, key.as_ref());
     if state.sold_out().answers_sold_out(&event, &scope, quantity) {

@@ -4,12 +4,16 @@
 //! order must be confirmed). One test binary; one Redis per test, so tests run in parallel.
 
 mod helpers;
+mod tokens;
 
+mod browsers_and_admins;
+mod buyer_tokens;
 mod edge;
 mod events;
 mod health;
 mod metrics;
 mod orders;
 mod purchases;
+mod rate_limits;
 mod sold_out;
 mod validation;
