@@ -87,6 +87,24 @@ pub enum ServerProblems {
     Internal(Problem),
 }
 
+/// Problems of routes whose path names an event (or one of its entries): a malformed id.
+#[derive(Debug, utoipa::IntoResponses)]
+#[allow(dead_code)] // a documentation type: never constructed
+pub enum PathProblems {
+    /// `invalid_fields`: a path segment is not a valid id (see `invalid_params`).
+    #[response(status = 422, content_type = "application/problem+json")]
+    Invalid(Problem),
+}
+
+/// Problems of routes that take a query string: one that cannot be parsed.
+#[derive(Debug, utoipa::IntoResponses)]
+#[allow(dead_code)] // a documentation type: never constructed
+pub enum QueryProblems {
+    /// `bad_request`: the query string is malformed (a repeated or non-numeric `limit`, ...).
+    #[response(status = 400, content_type = "application/problem+json")]
+    BadRequest(Problem),
+}
+
 /// Problems of routes that take a JSON body.
 #[derive(Debug, utoipa::IntoResponses)]
 #[allow(dead_code)] // a documentation type: never constructed

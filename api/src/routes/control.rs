@@ -13,7 +13,7 @@ use super::events::EventView;
 use crate::AppState;
 use crate::auth::Admin;
 use crate::error::{ApiError, Problem};
-use crate::openapi::ServerProblems;
+use crate::openapi::{PathProblems, ServerProblems};
 
 async fn control(
     state: AppState,
@@ -52,6 +52,7 @@ async fn control(
         (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`event_not_found`", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`sale_not_active`: the sale was ended", body = Problem, content_type = "application/problem+json"),
+        PathProblems,
         ServerProblems,
     ))]
 pub async fn pause(
@@ -70,6 +71,7 @@ pub async fn pause(
         (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`event_not_found`", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`not_paused`, or `sale_not_active`: the sale was ended", body = Problem, content_type = "application/problem+json"),
+        PathProblems,
         ServerProblems,
     ))]
 pub async fn resume(
@@ -88,6 +90,7 @@ pub async fn resume(
         (status = 200, description = "Ended (or already ended): the event, `state: ended`", body = EventView),
         (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`event_not_found`", body = Problem, content_type = "application/problem+json"),
+        PathProblems,
         ServerProblems,
     ))]
 pub async fn end(

@@ -13,7 +13,7 @@ use super::EventPath;
 use crate::AppState;
 use crate::auth::Admin;
 use crate::error::{ApiError, Problem};
-use crate::openapi::ServerProblems;
+use crate::openapi::{PathProblems, QueryProblems, ServerProblems};
 
 /// Most dead letters per page.
 const MAX_PAGE: usize = 500;
@@ -100,6 +100,7 @@ fn stream_id(raw: &str) -> Result<&str, ApiError> {
         (status = 200, description = "A page of dead letters", body = DeadLetterPage),
         (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`invalid_fields`", body = Problem, content_type = "application/problem+json"),
+        QueryProblems,
         ServerProblems,
     ))]
 pub async fn list(
@@ -169,6 +170,7 @@ async fn resolve(
         (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`dead_letter_not_found`", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`order_not_pending`", body = Problem, content_type = "application/problem+json"),
+        PathProblems,
         ServerProblems,
     ))]
 pub async fn redrive(
@@ -187,6 +189,7 @@ pub async fn redrive(
         (status = 200, description = "`{\"outcome\": \"failed\" | \"removed\", ...}`", body = Object),
         (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`dead_letter_not_found`", body = Problem, content_type = "application/problem+json"),
+        PathProblems,
         ServerProblems,
     ))]
 pub async fn fail(

@@ -16,7 +16,7 @@ use crate::auth::Admin;
 use crate::error::{ApiError, Problem};
 use crate::extract::JsonBody;
 use crate::limit::ClientAllowed;
-use crate::openapi::{BodyProblems, ServerProblems};
+use crate::openapi::{BodyProblems, QueryProblems, ServerProblems};
 
 /// Larger stocks would not be exact in Lua's double-precision numbers.
 const MAX_STOCK: u64 = 1_000_000_000;
@@ -304,8 +304,7 @@ pub struct EventsPage {
         (status = 200, description = "A page of events", body = EventsPage),
         (status = 401, description = "Missing or wrong admin token", body = Problem,
          content_type = "application/problem+json"),
-        (status = 400, description = "`bad_request`: malformed query", body = Problem,
-         content_type = "application/problem+json"),
+        QueryProblems,
         ServerProblems,
     )
 )]

@@ -12,7 +12,7 @@ use crate::AppState;
 use crate::buyer::Buyer;
 use crate::error::{ApiError, Problem};
 use crate::limit::ClientAllowed;
-use crate::openapi::{BuyerProblems, ServerProblems};
+use crate::openapi::{BuyerProblems, QueryProblems, ServerProblems};
 
 /// An order as clients see it (the 202 and replay bodies, and order polling).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -173,6 +173,7 @@ pub struct OrdersPage {
         (status = 401, description = "Missing or wrong admin token", body = Problem,
          content_type = "application/problem+json"),
         (status = 422, description = "`invalid_fields`", body = Problem, content_type = "application/problem+json"),
+        QueryProblems,
         (status = 501, description = "`ledger_not_configured`", body = Problem,
          content_type = "application/problem+json"),
         ServerProblems,
