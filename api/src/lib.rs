@@ -39,9 +39,9 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, header};
 use axum::routing::get;
+use flashsale_shared::connection::Conn;
 use flashsale_shared::connection::{Fault, Redis};
 use redis::RedisResult;
-use redis::aio::ConnectionManager;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
@@ -187,7 +187,7 @@ impl AppState {
     /// connection.
     pub async fn redis<T, F, Fut>(&self, mutating: bool, op: F) -> Result<T, ApiError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
         match tokio::time::timeout(self.0.redis_timeout, op(self.0.redis.get())).await {
@@ -331,7 +331,7 @@ pub async fn run_with_admin(
     tracing::info!(
         addr = %listener.local_addr()?,
         admin = %admin_addr.map_or_else(|| "the same listener".to_owned(), |a| a.to_string()),
-        redis = %config.redis.redis_url,
+        redis = %config.redis.target(),
         ledger = %config.ledger.database_url.as_ref().map_or_else(|| "none".to_owned(), ToString::to_string),
         "flashsale-api listening"
     );

@@ -19,6 +19,12 @@ pub struct RedisArgs {
           value_parser = Secret(RedisUrl::parse))]
     pub redis_url: RedisUrl,
 
+    /// Redis Cluster seed nodes, comma-separated `redis://[user:password@]host:port` (any few
+    /// nodes of the cluster: the others are discovered). When set, both binaries run in cluster
+    /// mode and `REDIS_URL` is not used. At most 64 URLs.
+    #[arg(long, env = "REDIS_CLUSTER_URLS", hide_env_values = true, value_parser = Secret(ClusterUrls::parse))]
+    pub redis_cluster_urls: Option<ClusterUrls>,
+
     /// How long one Redis call may take before it is abandoned (and a client gets a 503),
     /// 10-60000 ms.
     #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = DEFAULT_REDIS_TIMEOUT_MS,
@@ -28,7 +34,24 @@ pub struct RedisArgs {
 
 impl RedisArgs {
     pub fn new(url: &str) -> Result<Self, String> {
-        Ok(Self { redis_url: RedisUrl::parse(url)?, redis_timeout_ms: DEFAULT_REDIS_TIMEOUT_MS })
+        Ok(Self {
+            redis_url: RedisUrl::parse(url)?,
+            redis_cluster_urls: None,
+            redis_timeout_ms: DEFAULT_REDIS_TIMEOUT_MS,
+        })
+    }
+
+    /// Cluster mode, with these seed nodes.
+    pub fn cluster(urls: &str) -> Result<Self, String> {
+        Ok(Self { redis_cluster_urls: Some(ClusterUrls::parse(urls)?), ..Self::new(DEFAULT_REDIS_URL)? })
+    }
+
+    /// Where Redis is, for logs: the cluster's seed nodes or the one URL, never a password.
+    pub fn target(&self) -> String {
+        match &self.redis_cluster_urls {
+            Some(urls) => format!("cluster {urls}"),
+            None => self.redis_url.to_string(),
+        }
     }
 
     pub fn timeout(&self) -> Duration {
@@ -91,6 +114,56 @@ impl fmt::Display for RedisUrl {
 impl fmt::Debug for RedisUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.redacted)
+    }
+}
+
+/// The seed nodes of a Redis Cluster (`REDIS_CLUSTER_URLS`): one or more URLs, shown redacted.
+#[derive(Clone)]
+pub struct ClusterUrls(Vec<RedisUrl>);
+
+/// Most seed URLs `REDIS_CLUSTER_URLS` takes (a client needs a few: it discovers the rest).
+pub const MAX_CLUSTER_URLS: usize = 64;
+
+impl ClusterUrls {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let urls: Vec<RedisUrl> = text
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(RedisUrl::parse)
+            .collect::<Result<_, _>>()?;
+        if urls.is_empty() {
+            return Err("no URL given (comma-separated redis://host:port)".to_owned());
+        }
+        if urls.len() > MAX_CLUSTER_URLS {
+            return Err(format!("more than {MAX_CLUSTER_URLS} URLs"));
+        }
+        if urls.iter().any(|u| matches!(u.info.addr(), redis::ConnectionAddr::Unix(_))) {
+            return Err("a cluster node is reached over TCP, not a unix socket".to_owned());
+        }
+        Ok(Self(urls))
+    }
+
+    pub fn urls(&self) -> &[RedisUrl] {
+        &self.0
+    }
+}
+
+impl fmt::Display for ClusterUrls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, url) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            fmt::Display::fmt(url, f)?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for ClusterUrls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
     }
 }
 
@@ -173,6 +246,18 @@ mod tests {
             assert!(!shown.contains(secret), "{text} shown as {shown}");
         }
         let refused = RedisUrl::parse("http://user:hunter2@nope").err().unwrap();
+        assert!(!refused.contains("hunter2"), "{refused}");
+    }
+
+    #[test]
+    fn cluster_urls_are_a_redacted_list() {
+        let urls = ClusterUrls::parse("redis://:pw1@a:7000, redis://:pw2@b:7001,").unwrap();
+        assert_eq!(urls.urls().len(), 2);
+        let shown = format!("{urls} {urls:?}");
+        assert!(!shown.contains("pw1") && !shown.contains("pw2"), "{shown}");
+        assert!(ClusterUrls::parse(" , ").is_err());
+        assert!(ClusterUrls::parse("redis+unix:///tmp/r.sock").is_err());
+        let refused = ClusterUrls::parse("redis://a:1,http://u:hunter2@b").err().unwrap();
         assert!(!refused.contains("hunter2"), "{refused}");
     }
 }

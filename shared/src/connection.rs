@@ -1,94 +1,276 @@
 //! The one Redis connection a process shares for its non-blocking commands, and what a failed
 //! call means.
 //!
-//! A `ConnectionManager` multiplexes every in-flight call over one socket (measured ~210k
-//! EVALSHA/s here, against ~45k/s for a pool) and reconnects by itself after the socket
-//! breaks. It does not reconnect when the socket stays up but the server behind it became a
-//! replica after a failover (every write answers `READONLY`): [`Redis::reconnect`] replaces it,
-//! resolving the host again, so a `REDIS_URL` that follows the primary reaches the new one.
+//! One node (`REDIS_URL`): a `ConnectionManager` multiplexes every in-flight call over one
+//! socket (measured ~210k EVALSHA/s here, against ~45k/s for a pool) and reconnects by itself
+//! after the socket breaks. It does not reconnect when the socket stays up but the server
+//! behind it became a replica after a failover (every write answers `READONLY`):
+//! [`Redis::reconnect`] replaces it, resolving the host again, so a `REDIS_URL` that follows
+//! the primary reaches the new one.
+//!
+//! A cluster (`REDIS_CLUSTER_URLS`): redis-rs's cluster connection, one multiplexed socket per
+//! node, following `MOVED`/`ASK` and failovers itself. It is built with explicit deadlines
+//! (redis-rs's cluster client has no response timeout by default, and its retries wait at
+//! least 1.28 s): every attempt and the whole call, retries and redirections included, are
+//! bounded by `REDIS_TIMEOUT_MS`. [`Conn`] is either, so every caller runs the same code on
+//! both; nothing sends a command or pipeline that spans two events (two hash slots).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, RedisError, RedisResult};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
+use redis::{Client, Cmd, RedisError, RedisFuture, RedisResult, Value};
 
 use crate::config::RedisArgs;
+
+/// A connection to one Redis node or to a cluster: what every call is made on.
+#[derive(Clone)]
+pub enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Single(_) => "Conn::Single",
+            Self::Cluster(_) => "Conn::Cluster",
+        })
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl Conn {
+    /// Runs a keyless administrative command on every primary (one node: on it) and returns
+    /// each node's answer. redis-rs would send `SCRIPT LOAD` to replicas too; the fence (see
+    /// `shared::scripts`) must not be lifted on a replica that was never reconciled.
+    pub async fn on_primaries(&mut self, cmd: &Cmd) -> RedisResult<Vec<Value>> {
+        match self {
+            Self::Single(c) => Ok(vec![cmd.query_async(c).await?]),
+            Self::Cluster(c) => {
+                let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+                match c.route_command(cmd.clone(), routing).await? {
+                    Value::Map(pairs) => pairs
+                        .into_iter()
+                        .map(|(_, value)| match value {
+                            Value::ServerError(e) => Err(RedisError::from(e)),
+                            value => Ok(value),
+                        })
+                        .collect(),
+                    other => Ok(vec![other]),
+                }
+            }
+        }
+    }
+
+    /// Runs a command on every primary and requires each to succeed (`SCRIPT LOAD`).
+    pub async fn on_every_primary(&mut self, cmd: &Cmd) -> RedisResult<()> {
+        match self {
+            Self::Single(c) => cmd.exec_async(c).await,
+            Self::Cluster(c) => {
+                let routing = RoutingInfo::MultiNode((
+                    MultipleNodeRoutingInfo::AllMasters,
+                    Some(ResponsePolicy::AllSucceeded),
+                ));
+                c.route_command(cmd.clone(), routing).await.map(drop)
+            }
+        }
+    }
+}
 
 #[derive(Clone)]
 pub struct Redis {
     inner: Arc<Inner>,
 }
 
+enum Backend {
+    Single {
+        client: Client,
+        config: ConnectionManagerConfig,
+        current: ArcSwap<ConnectionManager>,
+        /// When the connection was last replaced (ms since `epoch`), so that a burst of
+        /// READONLY answers (every request in flight gets one) replaces it once, not once per
+        /// request.
+        replaced_ms: AtomicU64,
+        epoch: Instant,
+    },
+    Cluster {
+        args: RedisArgs,
+        conn: ClusterConnection,
+    },
+}
+
 struct Inner {
-    client: Client,
-    config: ConnectionManagerConfig,
-    current: ArcSwap<ConnectionManager>,
-    /// When the connection was last replaced (ms since `epoch`), so that a burst of READONLY
-    /// answers (every request in flight gets one) replaces it once, not once per request.
-    replaced_ms: AtomicU64,
-    epoch: Instant,
+    backend: Backend,
+    timeout: Duration,
 }
 
 /// At most one replacement of the connection per this interval.
 const MIN_RECONNECT_INTERVAL: Duration = Duration::from_millis(500);
 
+/// Retries of one cluster call (after a node's connection broke, `TRYAGAIN`, a failover under
+/// way): the call as a whole still ends within `REDIS_TIMEOUT_MS`.
+const CLUSTER_RETRIES: u32 = 3;
+
 impl std::fmt::Debug for Redis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Redis").finish_non_exhaustive()
+        f.debug_struct("Redis").field("cluster", &self.is_cluster()).finish_non_exhaustive()
     }
+}
+
+/// A cluster client whose every attempt and whole call end within `response_timeout`, with
+/// retry waits well under it (redis-rs waits at least 1.28 s by default).
+fn cluster_client(args: &RedisArgs, response_timeout: Duration) -> RedisResult<ClusterClient> {
+    let urls = args.redis_cluster_urls.as_ref().expect("cluster mode");
+    let wait_ms = (args.timeout().as_millis() as u64 / 8).max(5);
+    let mut builder = ClusterClient::builder(urls.urls().iter().map(|u| u.info().clone()))
+        .connection_timeout(args.timeout())
+        .response_timeout(response_timeout)
+        .overall_response_timeout(Some(response_timeout))
+        .retries(CLUSTER_RETRIES)
+        .min_retry_wait(wait_ms / 2)
+        .max_retry_wait(wait_ms);
+    if let Some(first) = urls.urls().first() {
+        // The tcp settings (TCP_NODELAY) of the seed URLs apply to every node.
+        builder = builder.tcp_settings(first.info().tcp_settings().clone());
+    }
+    builder.build()
+}
+
+fn cluster_connection(
+    client: &ClusterClient,
+    response_timeout: Duration,
+    args: &RedisArgs,
+) -> ClusterConnection {
+    // `with_config` replaces the builder's response timeout: give it again here.
+    let config = redis::cluster::ClusterConfig::new()
+        .set_connection_timeout(args.timeout())
+        .set_response_timeout(response_timeout);
+    client.get_pending_async_connection_with_config(config)
 }
 
 impl Redis {
     /// Connects lazily, so a process starts (and reports not-ready) while Redis is down.
     pub fn new(args: &RedisArgs) -> RedisResult<Self> {
-        let client = args.client()?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(args.timeout()))
-            .set_connection_timeout(Some(args.timeout()))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
-        let manager = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
-        let inner = Inner {
-            client,
-            config,
-            current: ArcSwap::from_pointee(manager),
-            replaced_ms: AtomicU64::new(0),
-            epoch: Instant::now(),
+        let backend = if args.redis_cluster_urls.is_some() {
+            let client = cluster_client(args, args.timeout())?;
+            Backend::Cluster { conn: cluster_connection(&client, args.timeout(), args), args: args.clone() }
+        } else {
+            let client = args.client()?;
+            let config = ConnectionManagerConfig::new()
+                .set_response_timeout(Some(args.timeout()))
+                .set_connection_timeout(Some(args.timeout()))
+                .set_number_of_retries(1)
+                .set_min_delay(Duration::from_millis(50))
+                .set_max_delay(Duration::from_millis(500));
+            let manager = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
+            Backend::Single {
+                client,
+                config,
+                current: ArcSwap::from_pointee(manager),
+                replaced_ms: AtomicU64::new(0),
+                epoch: Instant::now(),
+            }
         };
-        Ok(Self { inner: Arc::new(inner) })
+        Ok(Self { inner: Arc::new(Inner { backend, timeout: args.timeout() }) })
+    }
+
+    /// Whether this is a Redis Cluster (`REDIS_CLUSTER_URLS`).
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.inner.backend, Backend::Cluster { .. })
     }
 
     /// The shared connection (a clone is a reference-count increment).
-    pub fn get(&self) -> ConnectionManager {
-        ConnectionManager::clone(&self.inner.current.load())
+    pub fn get(&self) -> Conn {
+        match &self.inner.backend {
+            Backend::Single { current, .. } => Conn::Single(ConnectionManager::clone(&current.load())),
+            Backend::Cluster { conn, .. } => Conn::Cluster(conn.clone()),
+        }
     }
 
-    /// The client, for connections of their own (pub/sub, blocking reads).
-    pub fn client(&self) -> &Client {
-        &self.inner.client
+    /// A connection of its own, for blocking reads (`XREADGROUP ... BLOCK`, which would hold
+    /// up every other call on a multiplexed socket), whose deadline is `response_timeout`.
+    /// In a cluster it opens a socket per node it talks to: one such connection per event
+    /// stream a worker reads.
+    pub async fn dedicated(&self, response_timeout: Duration) -> RedisResult<Conn> {
+        match &self.inner.backend {
+            Backend::Single { client, .. } => {
+                let config = ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(response_timeout))
+                    .set_connection_timeout(Some(self.inner.timeout))
+                    .set_number_of_retries(1);
+                Ok(Conn::Single(ConnectionManager::new_with_config(client.clone(), config).await?))
+            }
+            Backend::Cluster { args, .. } => {
+                let client = cluster_client(args, response_timeout)?;
+                Ok(Conn::Cluster(cluster_connection(&client, response_timeout, args)))
+            }
+        }
+    }
+
+    /// A pub/sub connection. One node: that node. A cluster: the seed node `attempt` names
+    /// (modulo their number), so a subscriber whose node failed moves on to the next; a plain
+    /// `PUBLISH` on any node reaches the subscribers of every node.
+    pub async fn pubsub(&self, attempt: usize) -> RedisResult<redis::aio::PubSub> {
+        match &self.inner.backend {
+            Backend::Single { client, .. } => client.get_async_pubsub().await,
+            Backend::Cluster { args, .. } => {
+                let urls = args.redis_cluster_urls.as_ref().expect("cluster mode").urls();
+                let url = &urls[attempt % urls.len()];
+                Client::open(url.info().clone())?.get_async_pubsub().await
+            }
+        }
     }
 
     /// Replaces the shared connection with a new one (at most every 500 ms). Calls in flight on
-    /// the old one finish there; every later call goes to the new one.
+    /// the old one finish there; every later call goes to the new one. A cluster connection
+    /// follows failovers itself (it refreshes its slot map on `MOVED` and broken sockets).
     pub fn reconnect(&self) {
-        let now = self.inner.epoch.elapsed().as_millis() as u64 + MIN_RECONNECT_INTERVAL.as_millis() as u64;
-        let last = self.inner.replaced_ms.load(Ordering::Acquire);
+        let Backend::Single { client, config, current, replaced_ms, epoch } = &self.inner.backend else {
+            return;
+        };
+        let now = epoch.elapsed().as_millis() as u64 + MIN_RECONNECT_INTERVAL.as_millis() as u64;
+        let last = replaced_ms.load(Ordering::Acquire);
         if now.saturating_sub(last) < MIN_RECONNECT_INTERVAL.as_millis() as u64
-            || self
-                .inner
-                .replaced_ms
-                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
-                .is_err()
+            || replaced_ms.compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed).is_err()
         {
             return;
         }
-        match ConnectionManager::new_lazy_with_config(self.inner.client.clone(), self.inner.config.clone()) {
+        match ConnectionManager::new_lazy_with_config(client.clone(), config.clone()) {
             Ok(manager) => {
-                self.inner.current.store(Arc::new(manager));
+                current.store(Arc::new(manager));
                 tracing::info!("Redis connection replaced");
             }
             Err(error) => tracing::warn!(%error, "cannot replace the Redis connection"),
@@ -189,6 +371,23 @@ impl ServerInfo {
         parsed
     }
 
+    /// Several servers' infos as one (see [`server_info`]).
+    pub fn combine(infos: Vec<Self>) -> Self {
+        let mut infos = infos.into_iter();
+        let Some(mut combined) = infos.next() else { return Self::default() };
+        for info in infos {
+            if !info.is_primary() {
+                combined.role.clone_from(&info.role);
+            }
+            if info.may_evict_events() && !combined.may_evict_events() {
+                combined.maxmemory_policy = info.maxmemory_policy;
+            }
+            combined.run_id.push(',');
+            combined.run_id.push_str(&info.run_id);
+        }
+        combined
+    }
+
     /// Whether the eviction policy could evict keys of a live event. None of them has a TTL
     /// (`shared::keys`), so `noeviction` and the `volatile-*` policies never touch them; the
     /// `allkeys-*` policies may evict anything, an idempotency entry included.
@@ -203,10 +402,26 @@ impl ServerInfo {
     }
 }
 
-/// Reads [`ServerInfo`] (`INFO` with its default sections: a few KB, well under a millisecond).
-pub async fn server_info(conn: &mut impl redis::aio::ConnectionLike) -> RedisResult<ServerInfo> {
-    let text: String = redis::cmd("INFO").query_async(conn).await?;
-    Ok(ServerInfo::parse(&text))
+/// [`ServerInfo`] of the server (one node), or of the cluster's primaries taken together: a
+/// primary only if every answer is one, the first policy that may evict an event (else the
+/// first policy), and every run id (any restart changes it).
+pub async fn server_info(conn: &mut Conn) -> RedisResult<ServerInfo> {
+    Ok(ServerInfo::combine(server_infos(conn).await?))
+}
+
+/// Reads [`ServerInfo`] of every primary (one node: of it), with `INFO` and its default
+/// sections: a few KB, well under a millisecond each.
+pub async fn server_infos(conn: &mut Conn) -> RedisResult<Vec<ServerInfo>> {
+    let replies = conn.on_primaries(&redis::cmd("INFO")).await?;
+    replies
+        .iter()
+        .map(|reply| match reply {
+            Value::BulkString(bytes) => Ok(ServerInfo::parse(&String::from_utf8_lossy(bytes))),
+            Value::VerbatimString { text, .. } => Ok(ServerInfo::parse(text)),
+            Value::SimpleString(text) => Ok(ServerInfo::parse(text)),
+            other => Err(crate::scripts::unexpected("an INFO text", other)),
+        })
+        .collect()
 }
 
 /// One small write, to learn whether Redis accepts writes now: a full Redis (`OOM`), a
@@ -229,6 +444,11 @@ mod tests {
             assert!(info(unsafe_).may_evict_events(), "{unsafe_}");
         }
         assert!(info("noeviction").is_primary());
+        let cluster = ServerInfo::combine(vec![info("noeviction"), info("allkeys-lru"), info("noeviction")]);
+        assert!(cluster.may_evict_events() && cluster.is_primary());
+        assert!(
+            !ServerInfo::combine(vec![info("noeviction"), ServerInfo::parse("role:slave\r\n")]).is_primary()
+        );
         assert!(!ServerInfo::parse("role:slave\r\n").is_primary());
     }
 

@@ -22,11 +22,12 @@ pub fn scope(user: &UserId, key: Option<&IdempotencyKey>) -> String {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PurchaseOutcome {
-    /// Stock reserved and the order enqueued; `remaining` is the stock left after it.
+    /// Stock reserved and the order enqueued; `remaining` is the stock left after it (`None`
+    /// when the script ran twice, see [`purchase`]: the second run does not say).
     Accepted {
         order_id: OrderId,
         order: OrderRecord,
-        remaining: u64,
+        remaining: Option<u64>,
     },
     /// Same scope and payload as an earlier successful purchase: that order, as it is now.
     Replayed {
@@ -68,7 +69,20 @@ pub async fn purchase(
     new_order_id: OrderId,
 ) -> RedisResult<PurchaseOutcome> {
     let reply: redis::Value = command(keys, scope, user, quantity, new_order_id).query_async(conn).await?;
-    parse(Reply::new(reply)?)
+    Ok(own_replay_is_new(parse(Reply::new(reply)?)?, new_order_id))
+}
+
+/// A replay of the very order this attempt created is that attempt's acceptance: a cluster
+/// client re-sends an `EVALSHA` after a node timed out or a connection broke, and the script
+/// may have run the first time. Only this attempt knows `new_order_id` (a fresh UUID), so the
+/// request is answered as the new order it is, and counted once.
+fn own_replay_is_new(outcome: PurchaseOutcome, new_order_id: OrderId) -> PurchaseOutcome {
+    match outcome {
+        PurchaseOutcome::Replayed { order_id, order } if order_id == new_order_id => {
+            PurchaseOutcome::Accepted { order_id, order, remaining: None }
+        }
+        other => other,
+    }
 }
 
 /// The purchase script's `EVALSHA` (what [`purchase`] sends; benchmarks and tests pipeline it).
@@ -109,7 +123,7 @@ fn parse(reply: Reply) -> RedisResult<PurchaseOutcome> {
         "accepted" => PurchaseOutcome::Accepted {
             order_id: order_id(&reply)?,
             order: record(&reply)?,
-            remaining: reply.int(3)?.max(0) as u64,
+            remaining: Some(reply.int(3)?.max(0) as u64),
         },
         "replayed" => PurchaseOutcome::Replayed { order_id: order_id(&reply)?, order: record(&reply)? },
         "idempotency_key_mismatch" => PurchaseOutcome::KeyMismatch { order_id: order_id(&reply)? },
@@ -137,5 +151,19 @@ mod tests {
         assert_eq!(scope(&user, Some(&key)), "alice|alice");
         // Another user whose id looks like a scoped key cannot exist: `|` is not allowed.
         assert!(UserId::parse("alice|alice").is_err());
+    }
+
+    #[test]
+    fn a_replay_of_this_attempts_own_order_is_its_acceptance() {
+        let mine = OrderId::random();
+        let order = OrderRecord::parse("p|1|1764064800000||alice").unwrap();
+        let replay = |order_id| PurchaseOutcome::Replayed { order_id, order: order.clone() };
+        assert_eq!(
+            own_replay_is_new(replay(mine), mine),
+            PurchaseOutcome::Accepted { order_id: mine, order: order.clone(), remaining: None }
+        );
+        // Somebody else's earlier order (a client's retry) stays a replay.
+        let earlier = OrderId::random();
+        assert_eq!(own_replay_is_new(replay(earlier), mine), replay(earlier));
     }
 }

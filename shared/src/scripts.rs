@@ -1,8 +1,10 @@
 //! The Lua scripts of `lua/`, compiled into both binaries with `include_str!`.
 //!
-//! Each script's header documents its KEYS, ARGV and reply. `Script::invoke_async` sends
-//! EVALSHA and, on NOSCRIPT (a restarted or flushed Redis), loads the script and retries
-//! once, so a Redis restart heals itself; [`load_all`] warms a fresh server up front.
+//! Each script's header documents its KEYS, ARGV and reply. [`Invocation::invoke_async`] sends
+//! EVALSHA and, on NOSCRIPT (a restarted, flushed or newly promoted node), sends the source
+//! with EVAL to the node that owns the keys, which also caches it there: a node restart heals
+//! itself, and a cluster node that cannot be reached never fails calls on the others (a
+//! `SCRIPT LOAD` goes to every node). [`load_all`] warms fresh servers up front.
 //!
 //! Except the purchase script, which is the **fence**: Redis's script cache is the one state
 //! a restart never brings back (not in a snapshot, not in the AOF, empty on a promoted
@@ -15,7 +17,9 @@
 use std::sync::LazyLock;
 
 use redis::aio::ConnectionLike;
-use redis::{ErrorKind, RedisError, RedisResult, Script, Value};
+use redis::{ErrorKind, FromRedisValue, RedisError, RedisResult, Script, ToRedisArgs, Value};
+
+use crate::connection::Conn;
 
 /// A script's source and its compiled handle (which carries the SHA1 for EVALSHA).
 #[derive(Debug)]
@@ -28,6 +32,57 @@ impl LuaScript {
     /// The Lua source (what `SCRIPT LOAD` sends).
     pub fn source(&self) -> &'static str {
         self.source
+    }
+}
+
+impl LuaScript {
+    /// A call of this script with a first key.
+    pub fn key<T: ToRedisArgs>(&'static self, key: T) -> Invocation {
+        let mut invocation = self.prepare_invoke();
+        invocation.key(key);
+        invocation
+    }
+
+    /// A call of this script, keys and arguments to be added.
+    pub fn prepare_invoke(&'static self) -> Invocation {
+        Invocation { script: self, keys: Vec::new(), args: Vec::new() }
+    }
+}
+
+/// A prepared call of a script (the same shape as redis-rs's `ScriptInvocation`, whose NOSCRIPT
+/// path loads the script on every node and so fails when one node is down).
+#[derive(Debug)]
+pub struct Invocation {
+    script: &'static LuaScript,
+    keys: Vec<Vec<u8>>,
+    args: Vec<Vec<u8>>,
+}
+
+impl Invocation {
+    pub fn key<T: ToRedisArgs>(&mut self, key: T) -> &mut Self {
+        key.write_redis_args(&mut self.keys);
+        self
+    }
+
+    pub fn arg<T: ToRedisArgs>(&mut self, arg: T) -> &mut Self {
+        arg.write_redis_args(&mut self.args);
+        self
+    }
+
+    fn command(&self, name: &str, body: &str) -> redis::Cmd {
+        let mut cmd = redis::cmd(name);
+        cmd.arg(body).arg(self.keys.len()).arg(&self.keys).arg(&self.args);
+        cmd
+    }
+
+    /// EVALSHA; on NOSCRIPT, EVAL of the source (routed by the first key, like EVALSHA).
+    pub async fn invoke_async<T: FromRedisValue>(&self, conn: &mut impl ConnectionLike) -> RedisResult<T> {
+        match self.command("EVALSHA", self.script.get_hash()).query_async(conn).await {
+            Err(error) if error.kind() == ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                self.command("EVAL", self.script.source).query_async(conn).await
+            }
+            result => result,
+        }
     }
 }
 
@@ -74,23 +129,26 @@ static ALL: [&LuaScript; 9] = [
 ];
 
 /// SCRIPT LOAD every script but the purchase one (see the module doc: the fence), so the first
-/// call after a (re)start needs no second trip.
+/// call after a (re)start needs no second trip. Each is its own command (a keyless command in
+/// a cluster pipeline reaches one random node; on its own, `SCRIPT LOAD` reaches every node).
 pub async fn load_all(conn: &mut impl ConnectionLike) -> RedisResult<()> {
-    let mut pipe = redis::pipe();
     for script in ALL {
-        pipe.cmd("SCRIPT").arg("LOAD").arg(script.source).ignore();
+        redis::cmd("SCRIPT").arg("LOAD").arg(script.source).exec_async(conn).await?;
     }
-    pipe.query_async(conn).await
+    Ok(())
 }
 
-/// Loads the purchase script: sales may start. Only once Redis holds every order the ledger
-/// has (a worker's reconciliation; or a Redis known to be new and empty, as in tests).
-pub async fn lift_fence(conn: &mut impl ConnectionLike) -> RedisResult<()> {
-    redis::cmd("SCRIPT").arg("LOAD").arg(PURCHASE.source).exec_async(conn).await
+/// Loads the purchase script on every primary: sales may start. Only once Redis holds every
+/// order the ledger has (a worker's reconciliation; or a Redis known to be new and empty, as
+/// in tests). Never on a replica: one promoted later must be reconciled first, since
+/// replication is asynchronous and it may have missed the last orders.
+pub async fn lift_fence(conn: &mut Conn) -> RedisResult<()> {
+    conn.on_every_primary(redis::cmd("SCRIPT").arg("LOAD").arg(PURCHASE.source)).await
 }
 
 /// Whether sales are fenced: the purchase script is not loaded (Redis (re)started or was
-/// flushed, and no worker has reconciled it with the ledger yet).
+/// flushed, and no worker has reconciled it with the ledger yet). In a cluster: on some
+/// primary (`SCRIPT EXISTS` is asked of every primary and the answers combined with AND).
 pub async fn is_fenced(conn: &mut impl ConnectionLike) -> RedisResult<bool> {
     let present: Vec<i64> =
         redis::cmd("SCRIPT").arg("EXISTS").arg(PURCHASE.get_hash()).query_async(conn).await?;

@@ -16,6 +16,7 @@ use std::collections::HashSet;
 use redis::RedisResult;
 use redis::aio::ConnectionLike;
 
+use crate::connection::Conn;
 use crate::keys::EventKeys;
 
 /// Fields of the event hash (see `lua/put_event.lua`).
@@ -72,25 +73,30 @@ pub async fn counters_and_rules(
     Ok(Some((counters, rules)))
 }
 
-/// The counters of several events in one pipelined round trip, in order; `None` for an event
-/// that no longer exists or that an operator paused or ended.
+/// The counters of several events, in order; `None` for an event that no longer exists or that
+/// an operator paused or ended. One `HMGET` per event, all in flight at once (the multiplexed
+/// connection pipelines them on one node; in a cluster each goes to its event's node, where
+/// one pipeline spanning two events would be refused).
 pub async fn counters<'a>(
-    conn: &mut impl ConnectionLike,
+    conn: &Conn,
     events: impl IntoIterator<Item = &'a EventKeys>,
 ) -> RedisResult<Vec<Option<Counters>>> {
-    let mut pipe = redis::pipe();
-    for keys in events {
-        pipe.cmd("HMGET").arg(&keys.event).arg(&[REMAINING, ACCEPTED, STATE]);
-    }
-    let rows: Vec<(Option<u64>, Option<u64>, Option<String>)> = pipe.query_async(conn).await?;
-    Ok(rows
-        .into_iter()
-        .map(|row| match row {
-            // A paused or ended sale holds no sold-out flag: `None`, as for a gone event.
-            (Some(remaining), Some(accepted), None) => Some(Counters { remaining, accepted }),
-            _ => None,
-        })
-        .collect())
+    let reads = events.into_iter().map(|keys| {
+        let mut conn = conn.clone();
+        async move {
+            let row: (Option<u64>, Option<u64>, Option<String>) = redis::cmd("HMGET")
+                .arg(&keys.event)
+                .arg(&[REMAINING, ACCEPTED, STATE])
+                .query_async(&mut conn)
+                .await?;
+            RedisResult::Ok(match row {
+                // A paused or ended sale holds no sold-out flag: `None`, as for a gone event.
+                (Some(remaining), Some(accepted), None) => Some(Counters { remaining, accepted }),
+                _ => None,
+            })
+        }
+    });
+    futures_util::future::try_join_all(reads).await
 }
 
 /// How many idempotency scopes the event has (`HLEN`, O(1)).

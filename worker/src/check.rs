@@ -8,15 +8,13 @@ use std::process::ExitCode;
 use flashsale_shared::EventId;
 use flashsale_shared::audit;
 use flashsale_shared::config::RedisArgs;
-use redis::AsyncConnectionConfig;
+use flashsale_shared::connection::Conn;
 
-/// A connection of its own for an operator command, with the configured deadlines (each call
-/// of the chunked audit is short, so the ordinary deadline applies).
-pub(crate) async fn connect(redis: &RedisArgs) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(redis.timeout()))
-        .set_response_timeout(Some(redis.timeout()));
-    redis.client()?.get_multiplexed_async_connection_with_config(&config).await
+/// A connection of its own for an operator command (one node or the cluster), with the
+/// configured deadlines (each call of the chunked audit is short, so the ordinary deadline
+/// applies).
+pub(crate) async fn connect(redis: &RedisArgs) -> redis::RedisResult<Conn> {
+    flashsale_shared::connection::Redis::new(redis)?.dedicated(redis.timeout()).await
 }
 
 /// Redis and the ledger, order by order.
@@ -71,7 +69,7 @@ impl LedgerComparison {
 
 /// Walks Redis's orders against the ledger, then the ledger's against Redis.
 pub async fn compare(
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &mut Conn,
     ledger: &flashsale_ledger::Ledger,
     event: &EventId,
 ) -> Result<LedgerComparison, String> {

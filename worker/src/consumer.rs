@@ -4,7 +4,8 @@
 //! `lua/finalize.lua` call per event and batch):
 //! 1. this consumer's own pending entries, listed with `XPENDING`: at start-up, so a
 //!    restarted worker first finishes what it held when it died, and again after any failure;
-//! 2. new entries, with a blocking `XREADGROUP ... >` on a pooled connection of its own;
+//! 2. new entries, with a blocking `XREADGROUP ... >` of one stream on a connection of its
+//!    own, by one reader task per event (see [`consume_loop`]);
 //! 3. entries idle longer than `CLAIM_MIN_IDLE_MS` in any consumer, taken with
 //!    `XAUTOCLAIM ... JUSTID` (see [`claim_loop`]): how the work of a dead or stuck worker
 //!    gets done.
@@ -17,12 +18,16 @@
 
 use std::sync::Arc;
 
+use std::collections::HashMap;
+
+use flashsale_shared::connection::Conn;
 use flashsale_shared::dead_letter::PARKED_REASON;
 use flashsale_shared::shutdown::Ticker;
 use flashsale_shared::stream::{self, Delivered, Entry, EntryOutcome, ToFinalize};
 use flashsale_shared::{EventId, EventKeys};
-use redis::{RedisError, RedisResult};
-use tokio::sync::watch;
+use redis::RedisResult;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use crate::Ctx;
 use crate::failure::Streak;
@@ -38,8 +43,9 @@ pub struct EventStream {
 /// What a read of new entries gave.
 enum Read {
     Entries(Vec<Delivered>),
-    /// A new event appeared meanwhile; the read was abandoned.
-    Interrupted,
+    /// The event left (it was removed from Redis) while the read blocked; the read was
+    /// abandoned.
+    EventGone,
 }
 
 /// What finalizing a batch left to do.
@@ -51,29 +57,69 @@ pub(crate) enum Finalized {
     SomeRetry,
 }
 
+/// One reader task per event stream, started when discovery finds the event and stopped when
+/// it leaves. Each reads its own stream only: no command ever spans two events, which a Redis
+/// Cluster would refuse (`CROSSSLOT`), and a slow or unreachable shard holds up only its own
+/// events.
 pub(crate) async fn consume_loop(ctx: Arc<Ctx>) {
     let mut streams_changed = ctx.streams.clone();
-    let mut own_pending = true;
-    let mut streak = Streak::new("consume");
-    while !ctx.stop.is_cancelled() {
+    let mut readers: HashMap<EventId, CancellationToken> = HashMap::new();
+    let mut tasks = JoinSet::new();
+    let mut task_events: HashMap<tokio::task::Id, EventId> = HashMap::new();
+    loop {
         let streams = streams_changed.borrow_and_update().clone();
-        if streams.is_empty() {
-            tokio::select! {
-                () = ctx.stop.cancelled() => break,
-                _ = streams_changed.changed() => continue,
+        readers.retain(|event, gone| {
+            let keep = streams.iter().any(|s| &s.event == event);
+            if !keep {
+                gone.cancel();
+            }
+            keep
+        });
+        for stream in streams.iter() {
+            if !readers.contains_key(&stream.event) {
+                let gone = CancellationToken::new();
+                let handle = tasks.spawn(consume_event(ctx.clone(), stream.clone(), gone.clone()));
+                task_events.insert(handle.id(), stream.event.clone());
+                readers.insert(stream.event.clone(), gone);
             }
         }
-        let read = if own_pending {
-            read_own_pending(&ctx, &streams).await
-        } else {
-            match read_new(&ctx, &streams, &mut streams_changed).await {
-                Ok(Read::Entries(batches)) => Ok(batches),
-                Ok(Read::Interrupted) => {
-                    // Whatever the abandoned read delivered is in our pending list: read that
-                    // first.
-                    own_pending = true;
-                    continue;
+        tokio::select! {
+            () = ctx.stop.cancelled() => break,
+            changed = streams_changed.changed() => if changed.is_err() { break },
+            Some(joined) = tasks.join_next_with_id() => {
+                // A reader ends only when its event leaves, or by a bug: then it is started
+                // again at the top of the loop.
+                let id = match &joined { Ok((id, ())) => *id, Err(error) => error.id() };
+                if let Err(error) = joined {
+                    tracing::error!(%error, "event reader panicked; starting it again");
                 }
+                if let Some(event) = task_events.remove(&id) {
+                    readers.remove(&event);
+                }
+            }
+        }
+    }
+    while let Some(joined) = tasks.join_next().await {
+        if let Err(error) = joined {
+            tracing::error!(%error, "event reader panicked");
+        }
+    }
+    tracing::info!("consumer loop stopped");
+}
+
+/// Reads and finalizes one event's stream until the worker stops or the event leaves.
+async fn consume_event(ctx: Arc<Ctx>, stream: EventStream, gone: CancellationToken) {
+    let streams = std::slice::from_ref(&stream);
+    let mut reader = Reader::default();
+    let mut own_pending = true;
+    let mut streak = Streak::new("consume");
+    while !ctx.stop.is_cancelled() && !gone.is_cancelled() {
+        let read = if own_pending {
+            read_own_pending(&ctx, streams).await
+        } else {
+            match read_new(&ctx, &stream, &mut reader, &gone).await {
+                Ok(Read::Entries(batches)) => Ok(batches),
+                Ok(Read::EventGone) => break,
                 Err(error) => Err(error),
             }
         };
@@ -97,7 +143,7 @@ pub(crate) async fn consume_loop(ctx: Arc<Ctx>) {
         let mut ledger_down = Streak::new("ledger");
         let mut kept_at = std::time::Instant::now();
         loop {
-            match finalize_all(&ctx, &streams, &batches).await {
+            match finalize_all(&ctx, streams, &batches).await {
                 Ok(Finalized::All) => {
                     streak.succeeded();
                     ledger_down.succeeded();
@@ -131,7 +177,7 @@ pub(crate) async fn consume_loop(ctx: Arc<Ctx>) {
                         break;
                     }
                     if kept_at.elapsed() >= keep_interval(&ctx) {
-                        keep_held(&ctx, &streams, &batches).await;
+                        keep_held(&ctx, streams, &batches).await;
                         kept_at = std::time::Instant::now();
                     }
                     continue;
@@ -140,7 +186,15 @@ pub(crate) async fn consume_loop(ctx: Arc<Ctx>) {
             break;
         }
     }
-    tracing::info!("consumer loop stopped");
+}
+
+/// The connection a reader blocks on: its own (a blocking read parks its connection, so never
+/// the shared multiplexed one), made on first use and dropped after a failed or abandoned
+/// read, so the next one is made afresh (after a failover, to the new primary; a connection
+/// still blocked inside Redis would stall the next command sent on it).
+#[derive(Debug, Default)]
+struct Reader {
+    conn: Option<Conn>,
 }
 
 /// Up to a batch of this consumer's own pending entries per stream (`XPENDING`: counts no
@@ -190,38 +244,27 @@ async fn keep_held(ctx: &Ctx, streams: &[EventStream], batches: &[Delivered]) {
     }
 }
 
-/// Blocks for new entries on a pooled connection of its own (a blocking read parks its
-/// connection: never the shared multiplexed one). Interrupted when a new event appears
-/// meanwhile: its first orders must not wait out a read on the old streams, so the read is
-/// abandoned and its connection, still blocked inside Redis, is discarded rather than reused.
-/// A connection whose read failed is discarded too: the next one is made afresh (after a
-/// failover, to the new primary).
+/// Blocks for new entries of one event (up to `BLOCK_MS`) on the reader's own connection.
+/// Abandoned when the event leaves meanwhile.
 async fn read_new(
     ctx: &Ctx,
-    streams: &[EventStream],
-    streams_changed: &mut watch::Receiver<Arc<Vec<EventStream>>>,
+    stream: &EventStream,
+    reader: &mut Reader,
+    gone: &CancellationToken,
 ) -> RedisResult<Read> {
-    let mut conn = ctx.blocking.get().await.map_err(|e| match e {
-        bb8::RunError::User(e) => e,
-        bb8::RunError::TimedOut => RedisError::from(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "no blocking connection available in time",
-        )),
-    })?;
-    let keys: Vec<&EventKeys> = streams.iter().map(|s| &s.keys).collect();
+    let mut conn = match reader.conn.take() {
+        Some(conn) => conn,
+        None => ctx.redis.dedicated(ctx.config.block() + ctx.config.redis.timeout()).await?,
+    };
     let (batch, block) = (ctx.config.batch_size, ctx.config.block_ms);
+    let keys = [&stream.keys];
     tokio::select! {
-        read = stream::read_new(&mut conn.conn, &keys, &ctx.consumer, batch, block) => match read {
-            Ok(batches) => Ok(Read::Entries(batches)),
-            Err(error) => {
-                conn.abandoned = true;
-                Err(error)
-            }
-        },
-        _ = streams_changed.changed() => {
-            conn.abandoned = true;
-            Ok(Read::Interrupted)
+        read = stream::read_new(&mut conn, &keys, &ctx.consumer, batch, block) => {
+            let batches = read?;
+            reader.conn = Some(conn);
+            Ok(Read::Entries(batches))
         }
+        () = gone.cancelled() => Ok(Read::EventGone),
     }
 }
 

@@ -53,7 +53,7 @@ pub async fn run(redis: &RedisArgs, command: DeadLetterCommand) -> ExitCode {
     }
 }
 
-async fn list(conn: &mut redis::aio::MultiplexedConnection, keys: &EventKeys) -> ExitCode {
+async fn list(conn: &mut flashsale_shared::connection::Conn, keys: &EventKeys) -> ExitCode {
     let mut after: Option<String> = None;
     loop {
         let page = match dead_letter::list(conn, keys, after.as_deref(), 500).await {

@@ -106,7 +106,7 @@ pub(crate) async fn record(
 /// what a reconciliation needs to recreate the event in a Redis that forgot it.
 async fn record_event_once(
     ctx: &Ctx,
-    conn: &mut redis::aio::ConnectionManager,
+    conn: &mut flashsale_shared::connection::Conn,
     id: &EventId,
 ) -> Result<(), Blocked> {
     if ctx.events_recorded.lock().unwrap_or_else(|p| p.into_inner()).contains(id) {

@@ -33,9 +33,7 @@ pub mod metrics;
 use std::future::Future;
 use std::sync::Arc;
 
-use bb8_redis::RedisConnectionManager;
 use flashsale_shared::connection::Redis;
-use redis::aio::MultiplexedConnection;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -57,46 +55,9 @@ pub(crate) struct Ctx {
     ledger_up: std::sync::atomic::AtomicBool,
     /// Events whose configuration this process has written to the ledger (before any order).
     events_recorded: std::sync::Mutex<std::collections::HashSet<flashsale_shared::EventId>>,
-    /// Connections for blocking reads, whose response timeout exceeds the BLOCK time.
-    blocking: bb8::Pool<BlockingReads>,
     metrics: Arc<WorkerMetrics>,
     streams: watch::Receiver<Arc<Vec<EventStream>>>,
     stop: CancellationToken,
-}
-
-/// The pool of connections for blocking reads, on top of bb8-redis's manager. Each gets a
-/// response timeout longer than a blocking read (redis-rs defaults to 500 ms, which would fail
-/// every `BLOCK 1000`), and a read abandoned mid-BLOCK marks its connection so the pool drops
-/// it: a connection still blocked inside Redis would stall the next command sent on it.
-#[derive(Debug)]
-pub(crate) struct BlockingReads {
-    manager: RedisConnectionManager,
-    response_timeout: std::time::Duration,
-}
-
-#[derive(Debug)]
-pub(crate) struct ReadConnection {
-    pub(crate) conn: MultiplexedConnection,
-    pub(crate) abandoned: bool,
-}
-
-impl bb8::ManageConnection for BlockingReads {
-    type Connection = ReadConnection;
-    type Error = redis::RedisError;
-
-    async fn connect(&self) -> Result<ReadConnection, redis::RedisError> {
-        let mut conn = self.manager.connect().await?;
-        conn.set_response_timeout(self.response_timeout);
-        Ok(ReadConnection { conn, abandoned: false })
-    }
-
-    async fn is_valid(&self, conn: &mut ReadConnection) -> Result<(), redis::RedisError> {
-        self.manager.is_valid(&mut conn.conn).await
-    }
-
-    fn has_broken(&self, conn: &mut ReadConnection) -> bool {
-        conn.abandoned
-    }
 }
 
 /// Runs the worker until `shutdown` resolves: then it stops reading, finishes the batch in
@@ -115,14 +76,6 @@ pub async fn run(
     let consumer = config.consumer();
     let redis = Redis::new(&config.redis).map_err(std::io::Error::other)?;
     let ledger = flashsale_ledger::Ledger::new(&config.ledger).map_err(std::io::Error::other)?;
-    let blocking = bb8::Pool::builder()
-        .max_size(2)
-        .connection_timeout(config.redis.timeout())
-        .build_unchecked(BlockingReads {
-            manager: RedisConnectionManager::new(config.redis.redis_url.info().clone())
-                .map_err(std::io::Error::other)?,
-            response_timeout: config.block() + config.redis.timeout(),
-        });
     let idle = flashsale_shared::telemetry::GAUGE_IDLE.max(config::ms(config.stats_interval_ms) * 3);
     let metrics = Arc::new(WorkerMetrics::with_gauge_idle(idle));
     let stop = CancellationToken::new();
@@ -134,14 +87,13 @@ pub async fn run(
         ledger,
         ledger_up: std::sync::atomic::AtomicBool::new(false),
         events_recorded: std::sync::Mutex::new(std::collections::HashSet::new()),
-        blocking,
         metrics: metrics.clone(),
         streams: streams_rx,
         stop: stop.clone(),
     });
     tracing::info!(
         consumer = %consumer,
-        redis = %ctx.config.redis.redis_url,
+        redis = %ctx.config.redis.target(),
         ledger = %ctx.config.ledger.database_url.as_ref().map(ToString::to_string).unwrap_or_default(),
         metrics = %metrics_listener.local_addr()?,
         "flashsale-worker starting"

@@ -88,7 +88,7 @@ async fn upkeep(ctx: &Ctx) -> RedisResult<()> {
 /// From then on the ledger alone answers for it (the gateway reads it there).
 async fn leave_redis(
     ctx: &Ctx,
-    conn: &mut redis::aio::ConnectionManager,
+    conn: &mut flashsale_shared::connection::Conn,
     id: &flashsale_shared::EventId,
 ) -> RedisResult<()> {
     let ledger_orders = match ctx.ledger.count_orders(id).await {

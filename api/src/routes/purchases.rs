@@ -130,7 +130,9 @@ pub async fn create(
 
     match outcome {
         PurchaseOutcome::Accepted { order_id, order, remaining } => {
-            state.observe_remaining(&event, remaining);
+            if let Some(remaining) = remaining {
+                state.observe_remaining(&event, remaining);
+            }
             Ok(order_response(StatusCode::ACCEPTED, OrderView::new(&event, order_id, order), false))
         }
         PurchaseOutcome::Replayed { order_id, order } => {

@@ -7,13 +7,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use flashsale_shared::connection::Conn;
 use flashsale_shared::connection::Redis;
 use flashsale_shared::keys::STOCK_RETURNED_CHANNEL;
 use flashsale_shared::shutdown::Ticker;
 use flashsale_shared::sold_out::{self as reads, Counters, Rules, ScanCursor};
 use flashsale_shared::{EventId, EventKeys};
 use redis::RedisResult;
-use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 
 use super::{Flag, Now, answers, retire};
@@ -178,7 +178,7 @@ impl SoldOutBoard {
     /// Reads what a flag needs without blocking Redis: the counters, the size (`HLEN`, and
     /// nothing more above the cap), the scopes in `HSCAN` chunks, the counters again. Equal
     /// counters mean no scope was added during the scan (see `flashsale_shared::sold_out`).
-    async fn snapshot(&self, conn: &mut ConnectionManager, keys: &EventKeys) -> RedisResult<Snapshot> {
+    async fn snapshot(&self, conn: &mut Conn, keys: &EventKeys) -> RedisResult<Snapshot> {
         for _ in 0..SNAPSHOT_ATTEMPTS {
             let Some((before, rules)) = reads::counters_and_rules(conn, keys).await? else {
                 return Ok(Snapshot::NotSoldOut);
@@ -249,7 +249,7 @@ impl SoldOutBoard {
     async fn refresh_loop(self: Arc<Self>, stop: CancellationToken) {
         let mut ticker = Ticker::new(self.refresh, stop);
         while ticker.tick().await {
-            let mut conn = self.redis.get();
+            let conn = self.redis.get();
             let entries = self.entries.load_full();
             if entries.is_empty() {
                 continue;
@@ -275,7 +275,7 @@ impl SoldOutBoard {
                 continue;
             }
             let sent_ms = self.mono_ms();
-            let read = reads::counters(&mut conn, live.iter().map(|(_, flag)| flag.keys()));
+            let read = reads::counters(&conn, live.iter().map(|(_, flag)| flag.keys()));
             let Ok(Ok(rows)) = tokio::time::timeout(self.max_age(), read).await else { continue };
             for ((event, flag), row) in live.into_iter().zip(rows) {
                 if flag.still_holds(row) {
@@ -292,9 +292,12 @@ impl SoldOutBoard {
     /// on `fs:stock-returned`). Reconnects by itself; the refresh loop covers any gap.
     async fn listen_loop(self: Arc<Self>, stop: CancellationToken) {
         use tokio_stream::StreamExt;
+        // In a cluster each attempt tries the next seed node: one that failed is not retried
+        // until the others were.
+        let mut attempt = 0;
         loop {
             let session = async {
-                let mut pubsub = self.redis.client().get_async_pubsub().await?;
+                let mut pubsub = self.redis.pubsub(attempt).await?;
                 pubsub.subscribe(STOCK_RETURNED_CHANNEL).await?;
                 let mut messages = pubsub.into_on_message();
                 while let Some(message) = messages.next().await {
@@ -310,6 +313,7 @@ impl SoldOutBoard {
                     if let Err(error) = result {
                         tracing::debug!(%error, "stock-returned subscription lost; resubscribing");
                     }
+                    attempt = attempt.wrapping_add(1);
                 }
             }
             // Whatever was missed while disconnected, the refresh loop catches.
