@@ -4,6 +4,8 @@
 //!
 //! - [`RedisServer`]: a private Redis that can be killed and restarted on the same port and
 //!   directory (for durability tests).
+//! - [`RedisCluster`]: a private six-node Redis Cluster (three primaries, three replicas) with
+//!   failover, kill, restart and slot-migration helpers.
 //! - [`Postgres`]: a private PostgreSQL (`initdb` on a free port, database `flashsale`) that
 //!   can be stopped, restarted, killed and paused, with [`Postgres::psql`] to inspect rows.
 //! - [`Gateway`], [`Worker`]: the binaries as child processes, with signals.
@@ -14,6 +16,7 @@
 mod api;
 mod postgres;
 mod process;
+mod redis_cluster;
 mod redis_server;
 
 use std::future::Future;
@@ -22,6 +25,7 @@ use std::time::{Duration, Instant};
 pub use api::{Api, Reply, metric_value};
 pub use postgres::Postgres;
 pub use process::{Gateway, Worker, binary, free_port, run_to_exit};
+pub use redis_cluster::{ClusterNode, RedisCluster, SLOTS};
 pub use redis_server::{Durability, RedisServer};
 
 /// A token long enough for the gateway's start-up validation.
