@@ -503,7 +503,12 @@ impl RedisCluster {
     pub async fn lift_fence_everywhere(&self) {
         for node in self.primaries() {
             let mut conn = node.conn().await;
-            flashsale_shared::scripts::lift_fence(&mut conn).await.expect("lift the fence");
+            let _: String = redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(flashsale_shared::scripts::PURCHASE.source())
+                .query_async(&mut conn)
+                .await
+                .expect("lift the fence");
         }
     }
 

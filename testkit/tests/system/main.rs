@@ -6,6 +6,7 @@
 
 mod common;
 
+mod cluster;
 mod cost;
 
 mod faults;
