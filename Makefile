@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help deps build release test lint demo up bench slowlog pipeline-cost k6-smoke check-ops schemathesis ci clean
+.PHONY: help deps build release test lint demo up bench slowlog pipeline-cost cluster-cost k6-smoke check-ops schemathesis ci clean
 
 help: ## list targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -36,6 +36,10 @@ bench: deps release ## the benchmark of docs/benchmarks.md (several minutes)
 slowlog: deps ## timed: Redis's slow log (10 ms) through a 300,000-order sale, its sold-out phase and a check
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) test --release -p testkit --test system slowlog -- --ignored --test-threads 1 --nocapture
+
+cluster-cost: deps ## measurement: Redis time per order per shard on a six-node cluster, one shard against three
+	$(CARGO) build --release --workspace --bins
+	$(CARGO) test --release -p testkit --test system cluster::per_order_cost -- --ignored --test-threads 1 --nocapture
 
 pipeline-cost: deps ## measurement: Redis time per order of the purchase script and of finalization, worker and PostgreSQL CPU per order
 	$(CARGO) build --release --workspace --bins

@@ -209,3 +209,95 @@ async fn a_live_events_slot_migrated_while_buyers_buy() {
     assert_eq!((books.remaining, books.units_confirmed, books.confirmed_counter), (0, 150, 150));
     assert_eq!(ledger_confirmed(&stack.pg, event), 150);
 }
+
+/// Redis time per order on each shard, one event on one shard against three events on three
+/// shards, with the whole pipeline (two workers recording every order in the ledger) draining
+/// what was sold (`make cluster-cost`; ignored by default: a measurement, not a test). On two
+/// cores three shards cannot run three times faster; what this shows is that the cost per
+/// order stays flat and the load splits by event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: `make cluster-cost` runs it on its own, with release binaries"]
+async fn per_order_cost_per_shard_is_flat_and_splits_by_event() {
+    use flashsale_shared::{EventKeys, OrderId, UserId, purchase};
+    const ORDERS: usize = 30_000;
+    let stack = stack().await;
+    let redis = Redis::new(&RedisArgs::cluster(&stack.cluster.seed_urls()).unwrap()).unwrap();
+    let api = stack.gateways[0].api();
+    let solo = stack.cluster.event_ids_on_distinct_primaries(1, "solo");
+    let spread = stack.cluster.event_ids_on_distinct_primaries(3, "spread");
+    for (round, events) in [("one shard", &solo), ("three shards", &spread)] {
+        let primaries = stack.cluster.primaries();
+        let mut conns = Vec::new();
+        for node in &primaries {
+            let mut conn = node.conn().await;
+            let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut conn).await.unwrap();
+            let cpu = crate::cost::redis_cpu(&mut conn).await;
+            conns.push((conn, cpu));
+        }
+        let per_event = ORDERS / events.len();
+        for event in events {
+            api.create_event(event, per_event as u64, 1).await;
+        }
+        let started = std::time::Instant::now();
+        let sells = events.iter().map(|event| {
+            let mut conn = redis.get();
+            let keys = EventKeys::new(&flashsale_shared::EventId::parse(event).unwrap());
+            async move {
+                for chunk in (0..per_event).collect::<Vec<_>>().chunks(500) {
+                    let mut pipe = redis::pipe();
+                    for i in chunk {
+                        let user = UserId::parse(format!("u{i}")).unwrap();
+                        pipe.add_command(purchase::command(
+                            &keys,
+                            user.as_str(),
+                            &user,
+                            1,
+                            OrderId::random(),
+                        ))
+                        .ignore();
+                    }
+                    pipe.query_async::<()>(&mut conn).await.unwrap();
+                }
+            }
+        });
+        futures_util::future::join_all(sells).await;
+        let sold_in = started.elapsed();
+        for event in events {
+            drained(&stack.cluster, event).await;
+        }
+        let drained_in = started.elapsed();
+        println!(
+            "{round}: {ORDERS} orders over {} event(s), sold in {sold_in:.1?} ({:.0}/s straight at the script), \
+             sold and recorded in {drained_in:.1?}",
+            events.len(),
+            ORDERS as f64 / sold_in.as_secs_f64()
+        );
+        for ((conn, cpu_before), node) in conns.iter_mut().zip(&primaries) {
+            let cpu = crate::cost::redis_cpu(conn).await - *cpu_before;
+            let usec = crate::cost::redis_usec(conn).await;
+            let calls: u64 = {
+                let text: String = redis::cmd("INFO").arg("commandstats").query_async(conn).await.unwrap();
+                text.lines()
+                    .find_map(|l| l.strip_prefix("cmdstat_evalsha:"))
+                    .and_then(|s| s.split(',').find_map(|kv| kv.strip_prefix("calls=")))
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(0)
+            };
+            let orders = events
+                .iter()
+                .filter(|e| stack.cluster.primary_for_key(&RedisCluster::event_key(e)) == *node)
+                .count()
+                * per_event;
+            if orders == 0 {
+                println!("  {node:?}: no event, Redis CPU {:.0} ms (idle cost), {calls} EVALSHA", cpu * 1e3);
+                continue;
+            }
+            println!(
+                "  {node:?}: {orders} orders, Redis CPU {:.1} µs per order (selling and finalizing), \
+                 scripts {:.1} µs per order",
+                cpu * 1e6 / orders as f64,
+                *usec.get("evalsha").unwrap_or(&0) as f64 / orders as f64
+            );
+        }
+    }
+}

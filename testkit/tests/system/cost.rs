@@ -21,7 +21,7 @@ use testkit::{Gateway, Postgres, RedisServer, Worker};
 const ORDERS: usize = 50_000;
 
 /// Redis's own CPU seconds so far (`used_cpu_sys` + `used_cpu_user`).
-async fn redis_cpu(conn: &mut redis::aio::MultiplexedConnection) -> f64 {
+pub async fn redis_cpu(conn: &mut redis::aio::MultiplexedConnection) -> f64 {
     let text: String = redis::cmd("INFO").arg("cpu").query_async(conn).await.unwrap();
     text.lines()
         .filter_map(|l| l.strip_prefix("used_cpu_sys:").or_else(|| l.strip_prefix("used_cpu_user:")))
@@ -30,7 +30,7 @@ async fn redis_cpu(conn: &mut redis::aio::MultiplexedConnection) -> f64 {
 }
 
 /// `usec` of each command in `INFO commandstats`.
-async fn redis_usec(conn: &mut redis::aio::MultiplexedConnection) -> HashMap<String, u64> {
+pub async fn redis_usec(conn: &mut redis::aio::MultiplexedConnection) -> HashMap<String, u64> {
     let text: String = redis::cmd("INFO").arg("commandstats").query_async(conn).await.unwrap();
     text.lines()
         .filter_map(|line| {
