@@ -276,10 +276,16 @@ pub enum EntryOutcome {
 pub struct FinalizedEntry {
     pub entry_id: String,
     pub outcome: EntryOutcome,
-    /// When the order was reserved (0 when the entry named no order).
-    pub created_ms: i64,
-    /// When this batch was finalized.
+    /// When the batch was finalized (Redis's clock).
     pub done_ms: i64,
+}
+
+impl FinalizedEntry {
+    /// Milliseconds from the purchase to its confirmation. The entry id's first part is the
+    /// time purchase.lua added the entry, in the same script that reserved the stock.
+    pub fn lag_ms(&self) -> i64 {
+        (self.done_ms - stream_id_order(&self.entry_id).0 as i64).max(0)
+    }
 }
 
 /// One entry to finalize: its id, the order it names if the worker read it, and the error
@@ -316,31 +322,45 @@ pub async fn finalize(
         .key(&keys.dead)
         .key(&keys.attempts)
         .arg(CONSUMER_GROUP)
-        .arg(max_attempts);
+        .arg(max_attempts)
+        .arg(entries.len());
     for entry in &entries {
-        invocation
-            .arg(entry.entry_id)
-            .arg(entry.order_id.unwrap_or(""))
-            .arg(entry.ledger_error.unwrap_or(""));
+        invocation.arg(entry.entry_id).arg(entry.order_id.unwrap_or(""));
+    }
+    for (position, entry) in entries.iter().enumerate() {
+        if let Some(error) = entry.ledger_error {
+            invocation.arg(position + 1).arg(error);
+        }
     }
     let reply = Reply::new(invocation.invoke_async(conn).await?)?;
-    if reply.len() != 1 + entries.len() * 2 {
-        return Err(unexpected("the time, then two elements per entry", &Value::Int(reply.len() as i64)));
-    }
     let done_ms = reply.int(0)?;
-    entries
-        .iter()
-        .enumerate()
-        .map(|(i, entry)| {
-            let at = 1 + i * 2;
-            Ok(FinalizedEntry {
-                entry_id: entry.entry_id.to_owned(),
-                outcome: parse_outcome(reply.str(at)?)?,
-                created_ms: reply.int(at + 1).unwrap_or(0),
-                done_ms,
-            })
-        })
+    parse_outcomes(&reply, entries.len())?
+        .into_iter()
+        .zip(&entries)
+        .map(|(outcome, entry)| Ok(FinalizedEntry { entry_id: entry.entry_id.to_owned(), outcome, done_ms }))
         .collect()
+}
+
+/// The script lists only the entries it did not confirm, as (position, outcome) pairs after
+/// its time: every other entry of the batch was confirmed.
+fn parse_outcomes(reply: &Reply, entries: usize) -> RedisResult<Vec<EntryOutcome>> {
+    if reply.len() % 2 != 1 || reply.len() > 1 + entries * 2 {
+        return Err(unexpected(
+            "the time, then (position, outcome) per entry not confirmed",
+            &Value::Int(reply.len() as i64),
+        ));
+    }
+    let mut outcomes = vec![EntryOutcome::Confirmed; entries];
+    for at in (1..reply.len()).step_by(2) {
+        let position = reply.int(at)?;
+        let slot = usize::try_from(position)
+            .ok()
+            .and_then(|p| p.checked_sub(1))
+            .and_then(|i| outcomes.get_mut(i))
+            .ok_or_else(|| unexpected("a position in the batch", &Value::Int(position)))?;
+        *slot = parse_outcome(reply.str(at + 1)?)?;
+    }
+    Ok(outcomes)
 }
 
 /// A stream id's (milliseconds, sequence), for ordering; malformed ids sort first.
@@ -377,6 +397,51 @@ pub async fn trim(conn: &mut impl ConnectionLike, keys: &EventKeys) -> RedisResu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn reply(items: Vec<Value>) -> Reply {
+        Reply::new(Value::Array(items)).unwrap()
+    }
+
+    #[test]
+    fn entries_the_script_does_not_list_were_confirmed() {
+        let text = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let got = parse_outcomes(
+            &reply(vec![
+                Value::Int(1_000),
+                Value::Int(2),
+                text("skipped"),
+                Value::Int(4),
+                text("retry:ERR x"),
+            ]),
+            4,
+        )
+        .unwrap();
+        assert_eq!(
+            got,
+            [
+                EntryOutcome::Confirmed,
+                EntryOutcome::Skipped,
+                EntryOutcome::Confirmed,
+                EntryOutcome::Retry("ERR x".into())
+            ]
+        );
+        assert_eq!(
+            parse_outcomes(&reply(vec![Value::Int(1_000)]), 3).unwrap(),
+            vec![EntryOutcome::Confirmed; 3]
+        );
+        // A position outside the batch, or a reply cut in half, is not understood.
+        assert!(parse_outcomes(&reply(vec![Value::Int(1), Value::Int(5), text("skipped")]), 4).is_err());
+        assert!(parse_outcomes(&reply(vec![Value::Int(1), Value::Int(0), text("skipped")]), 4).is_err());
+        assert!(parse_outcomes(&reply(vec![Value::Int(1), Value::Int(2)]), 4).is_err());
+    }
+
+    #[test]
+    fn the_lag_runs_from_the_entry_id_to_the_batch() {
+        let entry =
+            FinalizedEntry { entry_id: "1000-3".into(), outcome: EntryOutcome::Confirmed, done_ms: 1_250 };
+        assert_eq!(entry.lag_ms(), 250);
+        assert_eq!(FinalizedEntry { done_ms: 900, ..entry }.lag_ms(), 0);
+    }
 
     #[test]
     fn every_outcome_the_script_writes_is_understood() {

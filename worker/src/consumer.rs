@@ -295,8 +295,7 @@ fn record(ctx: &Ctx, stream: &EventStream, done: &[stream::FinalizedEntry]) -> F
         match &entry.outcome {
             EntryOutcome::Confirmed => {
                 m.finalized.increment(1);
-                let lag_ms = (entry.done_ms - entry.created_ms).max(0);
-                m.finalize_lag.record(lag_ms as f64 / 1000.0);
+                m.finalize_lag.record(entry.lag_ms() as f64 / 1000.0);
             }
             EntryOutcome::Duplicate | EntryOutcome::Skipped => m.skipped.increment(1),
             EntryOutcome::DeadLettered(reason) => {
