@@ -168,12 +168,37 @@ async fn a_malformed_entry_is_dead_lettered_and_the_orders_around_it_confirmed()
         .query_async(&mut conn)
         .await
         .unwrap();
+    // An order record nobody can read (written by hand, not by purchase.lua).
+    let corrupt = "00000000-0000-4000-8000-00000000c0de";
+    let _: () = redis::cmd("HSET")
+        .arg(&keys.orders)
+        .arg(corrupt)
+        .arg("garbage")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(&keys.stream)
+        .arg("*")
+        .arg("order")
+        .arg(corrupt)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     let more: Vec<_> = (10..20).map(|i| format!("late-{i}")).collect();
     for user in &more {
         assert_eq!(api.purchase("drop", user, 1, None).await.status, StatusCode::ACCEPTED);
     }
 
     let worker = Worker::start(&redis.url(), &pg.url(), "worker-a", FAST_WORKER).await;
+    wait_until(Duration::from_secs(20), "three dead letters", || {
+        let mut conn = conn.clone();
+        let dead = keys.dead.clone();
+        async move { (redis::cmd("XLEN").arg(&dead).query_async::<u64>(&mut conn).await.ok()? == 3).then_some(()) }
+    })
+    .await;
+    // The books rightly flag a record nobody can read; an operator would remove it.
+    let _: () = redis::cmd("HDEL").arg(&keys.orders).arg(corrupt).query_async(&mut conn).await.unwrap();
     let books = wait_drained(&redis.url(), "drop", Duration::from_secs(20)).await;
     assert_eq!((books.units_confirmed, books.orders_failed), (20, 0));
     let dead: Vec<(String, Vec<(String, String)>)> =
@@ -182,12 +207,15 @@ async fn a_malformed_entry_is_dead_lettered_and_the_orders_around_it_confirmed()
         .iter()
         .map(|(_, fields)| fields.iter().find(|(k, _)| k == "reason").map(|(_, v)| v.clone()).unwrap())
         .collect();
-    assert_eq!(reasons, ["unparseable", "unknown_order"]);
+    assert_eq!(reasons, ["unparseable", "unknown_order", "corrupt_order"]);
     wait_until(Duration::from_secs(5), "the dead-letter counters", || async {
         let metrics = worker.metrics().await;
         let by =
             |reason| metric_value(&metrics, "flashsale_orders_dead_lettered_total", &[("reason", reason)]);
-        (by("unparseable") == Some(1.0) && by("unknown_order") == Some(1.0)).then_some(())
+        (by("unparseable") == Some(1.0)
+            && by("unknown_order") == Some(1.0)
+            && by("corrupt_order") == Some(1.0))
+        .then_some(())
     })
     .await;
     assert_books_balance(&redis.url(), "drop", true).await;
