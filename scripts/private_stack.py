@@ -2,8 +2,8 @@
 
 What both need, once: free loopback ports, polling, HTTP, a RESP client, reading a
 /metrics page, and the processes of a private stack (redis-server, PostgreSQL for the ledger,
-gateways and workers from target/<profile>), each logging to a file in one temporary
-directory and all stopped by Stack.stop(). The shell scripts have the same stack in
+gateways and workers from target/<profile>, the Redis and PostgreSQL Prometheus exporters),
+each logging to a file in one temporary directory and all stopped by Stack.stop(). The shell scripts have the same stack in
 scripts/stack.sh. Never uses a Redis or PostgreSQL it did not start (not the machine's 6379
 or 5432). Standard library only.
 """
@@ -149,6 +149,15 @@ def postgres_bin_dir() -> Path:
     if initdb and complete(Path(initdb).parent):
         return Path(initdb).parent
     raise StackError("PostgreSQL's initdb/postgres/psql not found: run scripts/install-deps.sh")
+
+
+def exporter_binary(*names: str) -> str:
+    """The first of `names` on PATH (Debian's package name, then the upstream binary's)."""
+    for name in names:
+        found = shutil.which(name)
+        if found:
+            return found
+    raise StackError(f"none of {', '.join(names)} found: run scripts/install-deps.sh ops")
 
 
 class Stack:
@@ -304,6 +313,43 @@ class Stack:
             },
         )
         self.wait_http(name, proc, f"http://127.0.0.1:{port}/healthz")
+        return port
+
+    def wait_metric(self, name: str, proc: subprocess.Popen, url: str, metric: str, timeout: float = 20) -> None:
+        """Waits until the page at `url` reports `metric` as 1 (an exporter that reached its server)."""
+
+        def reports_one():
+            if proc.poll() is not None:
+                raise StackError(f"{name} exited with status {proc.returncode}:\n{self.tail(name)}")
+            return any(n == metric and value == 1 for (n, _), value in scrape(url).items())
+
+        wait_until(f"{name} to report {metric} 1 at {url}", reports_one, timeout, interval=0.1)
+
+    def redis_exporter(self, redis_port: int) -> int:
+        """redis_exporter (Debian's prometheus-redis-exporter) against the Redis on `redis_port`;
+        returns its metrics port once it reports redis_up 1."""
+        port = free_port()
+        proc = self.start(
+            "redis-exporter",
+            [exporter_binary("prometheus-redis-exporter", "redis_exporter"),
+             f"-redis.addr=redis://127.0.0.1:{redis_port}", f"-web.listen-address=127.0.0.1:{port}"],
+        )
+        self.wait_metric("redis-exporter", proc, f"http://127.0.0.1:{port}/metrics", "redis_up")
+        return port
+
+    def postgres_exporter(self) -> int:
+        """postgres_exporter (Debian's prometheus-postgres-exporter) against the ledger started by
+        postgres(); returns its metrics port once it reports pg_up 1."""
+        if self.pg_port is None:
+            raise StackError("postgres_exporter() needs postgres() first")
+        port = free_port()
+        proc = self.start(
+            "postgres-exporter",
+            [exporter_binary("prometheus-postgres-exporter", "postgres_exporter"),
+             f"--web.listen-address=127.0.0.1:{port}"],
+            {"DATA_SOURCE_NAME": f"postgresql://postgres@127.0.0.1:{self.pg_port}/flashsale?sslmode=disable"},
+        )
+        self.wait_metric("postgres-exporter", proc, f"http://127.0.0.1:{port}/metrics", "pg_up")
         return port
 
     def stop(self) -> None:
