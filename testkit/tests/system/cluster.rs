@@ -300,4 +300,40 @@ async fn per_order_cost_per_shard_is_flat_and_splits_by_event() {
             );
         }
     }
+    // The purchase rate through both gateways, one shard against three. On two cores the
+    // gateways, the workers, PostgreSQL and this test's own HTTP client share the CPUs with
+    // six Redis nodes, so this shows that spreading events costs the HTTP path nothing, not
+    // what three shards can do on three machines.
+    const BUYERS: usize = 12_000;
+    let apis: Vec<_> = stack.gateways.iter().map(Gateway::api).collect();
+    let mut rates: [Vec<f64>; 2] = Default::default();
+    for rep in 0..3 {
+        let solo = stack.cluster.event_ids_on_distinct_primaries(1, &format!("http-solo-{rep}"));
+        let spread = stack.cluster.event_ids_on_distinct_primaries(3, &format!("http-spread-{rep}"));
+        for (round, events) in [&solo, &spread].into_iter().enumerate() {
+            let per_event = BUYERS / events.len();
+            for event in events {
+                api.create_event(event, per_event as u64, 1).await;
+            }
+            let started = std::time::Instant::now();
+            let outcomes = futures_util::future::join_all(
+                events.iter().map(|event| crowd(&apis, event, per_event, 96 / events.len())),
+            )
+            .await;
+            let elapsed = started.elapsed();
+            let accepted: usize = outcomes.iter().map(|o| o.count(202)).sum();
+            assert_eq!(accepted, BUYERS, "every buyer bought one unit");
+            rates[round].push(accepted as f64 / elapsed.as_secs_f64());
+            for event in events {
+                drained(&stack.cluster, event).await;
+            }
+        }
+    }
+    for (round, mut rates) in ["one shard", "three shards"].into_iter().zip(rates) {
+        rates.sort_by(f64::total_cmp);
+        println!(
+            "through two gateways, {round}: {BUYERS} purchases per run, median {:.0}/s (runs: {:.0?})",
+            rates[1], rates
+        );
+    }
 }
