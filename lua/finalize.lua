@@ -110,12 +110,9 @@ local updates, confirmed_add, done = {}, 0, {}
 -- string.format was a third of the script's time.
 local function confirm(id, order_id, record)
   local qty, at = string.match(record, '^p|(%d+)|%d+|()|.')
-  if not qty then
-    local status = string.match(record, '^(%a)|%d+|%d+|%d*|.')
-    if not status then return false end
-    -- Not pending (a pending record always matches the pattern above): already final.
-    qty = nil
-  end
+  -- No match: not pending (a pending record always matches), so already final, unless the
+  -- record is not one at all.
+  if not qty and not string.find(record, '^%a|%d+|%d+|%d*|.') then return false end
   if not qty or done[order_id] then
     to_ack[#to_ack + 1] = id
     forget_attempts(id)
