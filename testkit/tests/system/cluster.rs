@@ -7,6 +7,7 @@ use std::time::Duration;
 use flashsale_shared::audit::Audit;
 use flashsale_shared::config::RedisArgs;
 use flashsale_shared::connection::Redis;
+use reqwest::StatusCode;
 use testkit::{Gateway, Postgres, RedisCluster, Worker, wait_until};
 
 use crate::common::{FAST_WORKER, crowd};
@@ -170,9 +171,34 @@ async fn kill_of_a_primary_never_oversells_and_spares_other_shards() {
     assert_eq!(first.count(202), 40, "{:?}", first.by_status);
     let owner = stack.cluster.primary_for_key(&RedisCluster::event_key(&events[0]));
     let replica = stack.cluster.kill_primary(owner);
-    let outcomes =
-        futures_util::future::join_all(events.iter().map(|event| crowd(&apis, event, 300, 16))).await;
-    stack.cluster.wait_promoted(replica, Duration::from_secs(30)).await;
+    let killed_at = std::time::Instant::now();
+    // One more buyer asks every 10 ms from the kill on: its first answer that is not a 503 is
+    // when the shard sells again (promoted, fenced, reconciled from the ledger, unfenced).
+    let probe = async {
+        loop {
+            let reply = apis[0].purchase(&events[0], "probe", 1, None).await;
+            if reply.status != StatusCode::SERVICE_UNAVAILABLE
+                || killed_at.elapsed() > Duration::from_secs(60)
+            {
+                break (reply.status, killed_at.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let promoted = async {
+        stack.cluster.wait_promoted(replica, Duration::from_secs(30)).await;
+        killed_at.elapsed()
+    };
+    let (outcomes, promoted_after, (probe_status, selling_after)) = tokio::join!(
+        futures_util::future::join_all(events.iter().map(|event| crowd(&apis, event, 300, 16))),
+        promoted,
+        probe
+    );
+    assert_ne!(probe_status, StatusCode::SERVICE_UNAVAILABLE, "the killed shard sells again within 60 s");
+    eprintln!(
+        "kill -9 of {owner:?}: replica promoted and the cluster ok after {promoted_after:.1?}, \
+         the shard answered again ({probe_status}) after {selling_after:.1?}"
+    );
     assert_eq!(outcomes[1].count(202), 120, "the other shard sold exactly: {:?}", outcomes[1].by_status);
     let books = drained(&stack.cluster, &events[1]).await;
     assert_eq!((books.remaining, books.units_confirmed), (0, 120));
@@ -180,7 +206,7 @@ async fn kill_of_a_primary_never_oversells_and_spares_other_shards() {
     let in_ledger = ledger_confirmed(&stack.pg, &events[0]);
     assert!(books.units_confirmed <= 120, "never oversold: {books:?}");
     assert_eq!(in_ledger as i64, books.units_confirmed, "the ledger and Redis agree");
-    let accepted = 40 + outcomes[0].count(202);
+    let accepted = 40 + outcomes[0].count(202) + usize::from(probe_status == StatusCode::ACCEPTED);
     eprintln!(
         "kill -9 of {owner:?}: {accepted} orders accepted, {in_ledger} confirmed and recorded, {} remaining",
         books.remaining
