@@ -152,23 +152,8 @@ async fn a_malformed_entry_is_dead_lettered_and_the_orders_around_it_confirmed()
     let mut conn = redis.conn().await;
     let keys = keys("drop");
     assert_eq!(crowd(std::slice::from_ref(&api), "drop", 10, 8).await.count(202), 10);
-    let _: String = redis::cmd("XADD")
-        .arg(&keys.stream)
-        .arg("*")
-        .arg("bogus")
-        .arg("junk")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let _: String = redis::cmd("XADD")
-        .arg(&keys.stream)
-        .arg("*")
-        .arg("order")
-        .arg("00000000-0000-4000-8000-000000000000")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    // An order record nobody can read (written by hand, not by purchase.lua).
+    // Entries written by hand, not by purchase.lua: one with no order field, one naming an
+    // order Redis does not know, and one naming an order record nobody can read.
     let corrupt = "00000000-0000-4000-8000-00000000c0de";
     let _: () = redis::cmd("HSET")
         .arg(&keys.orders)
@@ -177,14 +162,18 @@ async fn a_malformed_entry_is_dead_lettered_and_the_orders_around_it_confirmed()
         .query_async(&mut conn)
         .await
         .unwrap();
-    let _: String = redis::cmd("XADD")
-        .arg(&keys.stream)
-        .arg("*")
-        .arg("order")
-        .arg(corrupt)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    for (field, value) in
+        [("bogus", "junk"), ("order", "00000000-0000-4000-8000-000000000000"), ("order", corrupt)]
+    {
+        let _: String = redis::cmd("XADD")
+            .arg(&keys.stream)
+            .arg("*")
+            .arg(field)
+            .arg(value)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
     let more: Vec<_> = (10..20).map(|i| format!("late-{i}")).collect();
     for user in &more {
         assert_eq!(api.purchase("drop", user, 1, None).await.status, StatusCode::ACCEPTED);
