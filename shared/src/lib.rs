@@ -26,6 +26,7 @@ pub mod event;
 pub mod keys;
 pub mod order;
 pub mod purchase;
+pub mod schema;
 pub mod scripts;
 pub mod shutdown;
 pub mod sold_out;

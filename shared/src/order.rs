@@ -4,21 +4,11 @@
 //! last because it may contain `:` (never `|`). The Lua scripts write this format.
 
 use redis::aio::ConnectionLike;
-use serde::Serialize;
 
 use crate::domain::OrderId;
 use crate::keys::EventKeys;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum OrderStatus {
-    /// Stock reserved and enqueued; the worker has not finalized it yet.
-    Pending,
-    /// Finalized by a worker: the sale is done.
-    Confirmed,
-    /// Dead-lettered: its units went back to the stock and to the user's allowance.
-    Failed,
-}
+pub use crate::schema::OrderStatus;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderRecord {
@@ -33,12 +23,7 @@ pub struct OrderRecord {
 impl OrderRecord {
     pub fn parse(record: &str) -> Option<Self> {
         let mut parts = record.splitn(5, '|');
-        let status = match parts.next()? {
-            "p" => OrderStatus::Pending,
-            "c" => OrderStatus::Confirmed,
-            "f" => OrderStatus::Failed,
-            _ => return None,
-        };
+        let status = OrderStatus::from_letter(parts.next()?)?;
         let quantity = parts.next()?.parse().ok()?;
         let created_ms = parts.next()?.parse().ok()?;
         let done_ms = match parts.next()? {
