@@ -1,7 +1,7 @@
 -- control.lua: an operator pauses, resumes or ends a live sale, in one atomic step.
 --
--- The event hash's `state` field says it: absent (selling by its window), 'paused' (nothing
--- sells until resumed) or 'ended' (for good: the sale is over whatever its window said, and
+-- The event hash's EV_STATE field says it: absent (selling by its window), STATE_PAUSED
+-- (nothing sells until resumed) or STATE_ENDED (for good: the sale is over whatever its window said, and
 -- its idempotency entries go after the retention, from now). purchase.lua checks it after the
 -- replay check, so a buyer's retry of an accepted order still gets that order in every state.
 -- Every gateway is told on the channel that drops local sold-out flags, so none keeps
@@ -13,7 +13,7 @@
 -- Returns the outcome: 'paused' | 'resumed' | 'ended' | 'unchanged' (already in that state) |
 -- 'not_found' | 'ended_already' (pause or resume of an ended sale) | 'not_paused' (resume).
 
-local ev = redis.call('HMGET', KEYS[1], 'stock', 'state', 'purge_at')
+local ev = redis.call('HMGET', KEYS[1], EV_STOCK, EV_STATE, EV_PURGE_AT)
 if not ev[1] then return 'not_found' end
 local state = ev[2]
 local action = ARGV[1]
@@ -24,25 +24,25 @@ local function tell()
   redis.call('PUBLISH', ARGV[3], ARGV[2])
 end
 
-if state == 'ended' then
+if state == STATE_ENDED then
   if action == 'end' then return 'unchanged' end
   return 'ended_already'
 end
 if action == 'pause' then
-  if state == 'paused' then return 'unchanged' end
-  redis.call('HSET', KEYS[1], 'state', 'paused', 'paused_at', now)
+  if state == STATE_PAUSED then return 'unchanged' end
+  redis.call('HSET', KEYS[1], EV_STATE, STATE_PAUSED, EV_PAUSED_AT, now)
   tell()
   return 'paused'
 elseif action == 'resume' then
-  if state ~= 'paused' then return 'not_paused' end
-  redis.call('HDEL', KEYS[1], 'state', 'paused_at')
+  if state ~= STATE_PAUSED then return 'not_paused' end
+  redis.call('HDEL', KEYS[1], EV_STATE, EV_PAUSED_AT)
   tell()
   return 'resumed'
 elseif action == 'end' then
   local purge_at = now + tonumber(ARGV[4])
   if ev[3] and ev[3] ~= '' and tonumber(ev[3]) < purge_at then purge_at = tonumber(ev[3]) end
-  redis.call('HSET', KEYS[1], 'state', 'ended', 'ended_at', now, 'purge_at', purge_at)
-  redis.call('HDEL', KEYS[1], 'paused_at')
+  redis.call('HSET', KEYS[1], EV_STATE, STATE_ENDED, EV_ENDED_AT, now, EV_PURGE_AT, purge_at)
+  redis.call('HDEL', KEYS[1], EV_PAUSED_AT)
   tell()
   return 'ended'
 end

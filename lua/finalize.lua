@@ -46,9 +46,8 @@ local out = {now}
 -- script has written, Redis no longer refuses it for memory.
 local to_ack = {}
 
--- Errors no entry is to blame for: re-raised so that nothing is counted.
-local INFRA = {'OOM', 'READONLY', 'MISCONF', 'NOREPLICAS', 'BUSY', 'LOADING', 'MASTERDOWN',
-  'CLUSTERDOWN', 'TRYAGAIN', 'MOVED', 'ASK'}
+-- Errors no entry is to blame for (INFRA_ERRORS, from the prelude) are re-raised so that
+-- nothing is counted.
 
 local function message(e)
   if type(e) == 'table' then return tostring(e.err or e[1] or '?') end
@@ -56,7 +55,7 @@ local function message(e)
 end
 
 local function is_infra(msg)
-  for _, prefix in ipairs(INFRA) do
+  for _, prefix in ipairs(INFRA_ERRORS) do
     if string.sub(msg, 1, #prefix + 1) == prefix .. ' ' or msg == prefix then return true end
   end
   return false
@@ -69,9 +68,9 @@ end
 -- Records the entry in the dead-letter stream and acknowledges it. Nothing else changes: a
 -- pending order it names stays pending, its units held.
 local function dead_letter(id, outcome, reason, attempts, fields, order_id, err)
-  redis.call('XADD', KEYS[4], '*', 'entry', id, 'reason', reason, 'deliveries', attempts,
-    'order', order_id or '', 'payload', cjson.encode(fields or {}), 'at', now,
-    'error', err or '')
+  redis.call('XADD', KEYS[4], '*', DEAD_ENTRY, id, DEAD_REASON, reason, DEAD_DELIVERIES, attempts,
+    DEAD_ORDER, order_id or '', DEAD_PAYLOAD, cjson.encode(fields or {}), DEAD_AT, now,
+    DEAD_ERROR, err or '')
   to_ack[#to_ack + 1] = id
   forget_attempts(id)
   return outcome .. ':' .. reason
@@ -99,20 +98,20 @@ local refused = {}
 for j = 4 + 2 * n, #ARGV, 2 do refused[tonumber(ARGV[j])] = ARGV[j + 1] end
 -- Confirmations are written together at the end (one HSET, one HINCRBY), so the one check
 -- that could make those writes fail, a counter that is not a number, is made here, first.
-local counter_ok = tonumber(redis.call('HGET', KEYS[1], 'confirmed') or '0') ~= nil
+local counter_ok = tonumber(redis.call('HGET', KEYS[1], EV_CONFIRMED) or '0') ~= nil
 local updates, confirmed_add, done = {}, 0, {}
 
 -- Confirms a pending order. Returns nil when it did, 'duplicate' when the order was already
 -- final (or confirmed earlier in this batch), false when its record cannot be read.
 -- The common path allocates no table and sends no command, and rewrites the record
--- 'p|qty|created||user' (as purchase.lua writes it) into 'c|qty|created|now|user' with one
--- capture and two substrings: splitting it into five captures and joining them again with
+-- p|qty|created||user (PENDING_RECORD, as purchase.lua writes it) into c|qty|created|now|user
+-- with one capture and two substrings: splitting it into five captures and joining them again with
 -- string.format was a third of the script's time.
 local function confirm(id, order_id, record)
-  local qty, at = string.match(record, '^p|(%d+)|%d+|()|.')
+  local qty, at = string.match(record, PENDING_QUANTITY_AT)
   -- No match: not pending (a pending record always matches), so already final, unless the
   -- record is not one at all.
-  if not qty and not string.find(record, '^%a|%d+|%d+|%d*|.') then return false end
+  if not qty and not string.find(record, RECORD_SHAPE) then return false end
   if not qty or done[order_id] then
     to_ack[#to_ack + 1] = id
     forget_attempts(id)
@@ -122,7 +121,7 @@ local function confirm(id, order_id, record)
     error('ERR hash value is not an integer: the event\'s confirmed counter')
   end
   updates[#updates + 1] = order_id
-  updates[#updates + 1] = 'c' .. string.sub(record, 2, at - 1) .. now_text .. string.sub(record, at)
+  updates[#updates + 1] = CONFIRMED .. string.sub(record, 2, at - 1) .. now_text .. string.sub(record, at)
   confirmed_add = confirmed_add + tonumber(qty)
   done[order_id] = true
   to_ack[#to_ack + 1] = id
@@ -141,14 +140,14 @@ local function finalize(id, order_id, record)
     end
     fields, order_id = entry[1][2], nil
     for i = 1, #fields, 2 do
-      if fields[i] == 'order' then order_id = fields[i + 1] end
+      if fields[i] == STREAM_ORDER then order_id = fields[i + 1] end
     end
     if order_id then record = redis.call('HGET', KEYS[2], order_id) end
   end
   if not order_id then
     return dead_letter(id, 'dead_lettered', 'unparseable', 0, fields)
   end
-  fields = fields or {'order', order_id}
+  fields = fields or {STREAM_ORDER, order_id}
   if not record then
     return dead_letter(id, 'dead_lettered', 'unknown_order', 0, fields, order_id)
   end
@@ -206,7 +205,7 @@ for k = 1, n do
         if #entry > 0 then
           fields = entry[1][2]
           for j = 1, #fields, 2 do
-            if fields[j] == 'order' then order_id = fields[j + 1] end
+            if fields[j] == STREAM_ORDER then order_id = fields[j + 1] end
           end
         end
         outcome = dead_letter(id, 'parked', 'max_attempts', attempts, fields, order_id, err)
@@ -225,7 +224,7 @@ for i = 1, #updates, 1000 do
   redis.call('HSET', KEYS[2], unpack(updates, i, math.min(i + 999, #updates)))
 end
 if confirmed_add > 0 then
-  redis.call('HINCRBY', KEYS[1], 'confirmed', confirmed_add)
+  redis.call('HINCRBY', KEYS[1], EV_CONFIRMED, confirmed_add)
 end
 for i = 1, #to_ack, 1000 do
   redis.call('XACK', KEYS[3], group, unpack(to_ack, i, math.min(i + 999, #to_ack)))

@@ -7,8 +7,8 @@
 -- KEYS[1] event hash     fs:{ev:E}:event   config and counters (see put_event.lua)
 -- KEYS[2] idempotency    fs:{ev:E}:idem    scope -> order id
 -- KEYS[3] user totals    fs:{ev:E}:users   user id -> units held in pending or confirmed orders
--- KEYS[4] orders         fs:{ev:E}:orders  order id -> "status|quantity|created_ms|done_ms|user_id"
--- KEYS[5] order stream   fs:{ev:E}:stream  one entry {order = id, scope = scope} per accepted order
+-- KEYS[4] orders         fs:{ev:E}:orders  order id -> record (PENDING_RECORD when new)
+-- KEYS[5] order stream   fs:{ev:E}:stream  one entry {STREAM_ORDER = id, STREAM_SCOPE = scope} per order
 --                                            (the scope lets the ledger rebuild Redis; field names
 --                                            shared by every entry cost no memory per entry)
 -- ARGV[1] idempotency scope (field of KEYS[2]), ARGV[2] user id, ARGV[3] quantity,
@@ -32,7 +32,8 @@
 -- first, and losing an idempotency entry would let a retry buy twice. The worker removes the
 -- idempotency entries and user totals once the event's retention has passed (purge.lua).
 
-local ev = redis.call('HMGET', KEYS[1], 'remaining', 'limit', 'starts', 'ends', 'state')
+-- Upper-case names (EV_*, PENDING_RECORD, ...) come from the schema's prelude (shared/src/schema).
+local ev = redis.call('HMGET', KEYS[1], EV_REMAINING, EV_LIMIT, EV_STARTS, EV_ENDS, EV_STATE)
 if not ev[1] then
   return {'event_not_found'}
 end
@@ -41,7 +42,7 @@ local qty = tonumber(ARGV[3])
 local prior = redis.call('HGET', KEYS[2], ARGV[1])
 if prior then
   local record = redis.call('HGET', KEYS[4], prior) or ''
-  local prior_qty = tonumber(string.match(record, '^%a|(%d+)|'))
+  local prior_qty = tonumber(string.match(record, RECORD_QUANTITY))
   if prior_qty ~= qty then
     return {'idempotency_key_mismatch', prior, record}
   end
@@ -49,9 +50,9 @@ if prior then
 end
 
 -- An operator paused or ended the sale (lua/control.lua): nothing new sells.
-if ev[5] == 'paused' then
+if ev[5] == STATE_PAUSED then
   return {'sale_paused'}
-elseif ev[5] == 'ended' then
+elseif ev[5] == STATE_ENDED then
   return {'sale_not_active'}
 end
 
@@ -77,11 +78,11 @@ if held + qty > limit then
 end
 
 -- Every check passed: write.
-remaining = redis.call('HINCRBY', KEYS[1], 'remaining', -qty)
-redis.call('HINCRBY', KEYS[1], 'accepted', 1)
-local record = string.format('p|%d|%d||%s', qty, now, ARGV[2])
+remaining = redis.call('HINCRBY', KEYS[1], EV_REMAINING, -qty)
+redis.call('HINCRBY', KEYS[1], EV_ACCEPTED, 1)
+local record = string.format(PENDING_RECORD, qty, now, ARGV[2])
 redis.call('HSET', KEYS[4], ARGV[4], record)
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
 redis.call('HINCRBY', KEYS[3], ARGV[2], qty)
-redis.call('XADD', KEYS[5], '*', 'order', ARGV[4], 'scope', ARGV[1])
+redis.call('XADD', KEYS[5], '*', STREAM_ORDER, ARGV[4], STREAM_SCOPE, ARGV[1])
 return {'accepted', ARGV[4], record, remaining}

@@ -14,7 +14,7 @@
 -- Returns 'removed', or why not: 'unknown' | 'not_purged' | 'dead_letters' | 'not_drained' |
 -- 'ledger_behind'.
 
-local ev = redis.call('HMGET', KEYS[1], 'accepted', 'purged')
+local ev = redis.call('HMGET', KEYS[1], EV_ACCEPTED, EV_PURGED)
 if not ev[1] then return 'unknown' end
 if not ev[2] then return 'not_purged' end
 if redis.call('XLEN', KEYS[6]) > 0 then return 'dead_letters' end

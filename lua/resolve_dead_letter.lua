@@ -23,30 +23,30 @@ if #found == 0 then return {'not_found', '', ''} end
 local fields = found[1][2]
 local order_id, entry, payload = '', '', '[]'
 for i = 1, #fields, 2 do
-  if fields[i] == 'order' then order_id = fields[i + 1] end
-  if fields[i] == 'entry' then entry = fields[i + 1] end
-  if fields[i] == 'payload' then payload = fields[i + 1] end
+  if fields[i] == DEAD_ORDER then order_id = fields[i + 1] end
+  if fields[i] == DEAD_ENTRY then entry = fields[i + 1] end
+  if fields[i] == DEAD_PAYLOAD then payload = fields[i + 1] end
 end
 -- The original entry's idempotency scope, carried on to the entry that tells the worker.
 local scope = ''
 local ok, original = pcall(cjson.decode, payload)
 if ok and type(original) == 'table' then
   for i = 1, #original - 1, 2 do
-    if original[i] == 'scope' then scope = tostring(original[i + 1]) end
+    if original[i] == STREAM_SCOPE then scope = tostring(original[i + 1]) end
   end
 end
 
 local record = order_id ~= '' and redis.call('HGET', KEYS[2], order_id) or false
-local status, qty, created, user
+local status, qty, created, _, user
 if record then
-  status, qty, created, user = string.match(record, '^(%a)|(%d+)|(%d+)|%d*|(.+)$')
+  status, qty, created, _, user = string.match(record, RECORD_PARTS)
 end
-local pending = status == 'p'
-local status_name = ({p = 'pending', c = 'confirmed', f = 'failed'})[status] or 'none'
+local pending = status == PENDING
+local status_name = STATUS_NAMES[status] or 'none'
 
 if ARGV[1] == 'redrive' then
   if not pending then return {'not_pending', order_id, status_name} end
-  local id = redis.call('XADD', KEYS[4], '*', 'order', order_id, 'scope', scope)
+  local id = redis.call('XADD', KEYS[4], '*', STREAM_ORDER, order_id, STREAM_SCOPE, scope)
   redis.call('XDEL', KEYS[5], ARGV[2])
   if entry ~= '' then redis.call('HDEL', KEYS[6], entry) end
   return {'redriven', order_id, id}
@@ -59,8 +59,8 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 qty = tonumber(qty)
-redis.call('HSET', KEYS[2], order_id, string.format('f|%d|%s|%d|%s', qty, created, now, user))
-redis.call('HINCRBY', KEYS[1], 'remaining', qty)
+redis.call('HSET', KEYS[2], order_id, string.format(RECORD, FAILED, qty, created, string.format('%d', now), user))
+redis.call('HINCRBY', KEYS[1], EV_REMAINING, qty)
 -- The user totals are gone once the event's retention has passed: never resurrect them.
 if redis.call('HEXISTS', KEYS[3], user) == 1 then
   redis.call('HINCRBY', KEYS[3], user, -qty)
@@ -68,6 +68,6 @@ end
 redis.call('XDEL', KEYS[5], ARGV[2])
 if entry ~= '' then redis.call('HDEL', KEYS[6], entry) end
 -- The worker records the failure in the ledger (and acknowledges this entry) as for any order.
-redis.call('XADD', KEYS[4], '*', 'order', order_id, 'scope', scope)
+redis.call('XADD', KEYS[4], '*', STREAM_ORDER, order_id, STREAM_SCOPE, scope)
 redis.call('PUBLISH', ARGV[4], ARGV[3])
 return {'failed', order_id, tostring(qty)}

@@ -15,41 +15,38 @@
 -- KEYS[1] event hash, KEYS[2] orders, KEYS[3] idempotency entries, KEYS[4] user totals
 -- ARGV[1..6] the event's configuration (stock, limit, name, starts, ends, purge_at; '' when
 -- absent), used only when the event hash is gone, then per order seven elements: order id,
--- status ('c' or 'f'), quantity, created_ms, finalized_ms, user id, scope ('' unknown).
+-- status letter (CONFIRMED or FAILED), quantity, created_ms, finalized_ms, user id, scope ('' unknown).
 -- Returns {restored, corrected}.
 
 if redis.call('EXISTS', KEYS[1]) == 0 then
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  redis.call('HSET', KEYS[1], 'stock', ARGV[1], 'remaining', ARGV[1], 'confirmed', 0,
-    'accepted', 0, 'limit', ARGV[2], 'name', ARGV[3], 'starts', ARGV[4], 'ends', ARGV[5],
-    'purge_at', ARGV[6], 'created', now)
+  new_event(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], now)
 end
-local purged = redis.call('HEXISTS', KEYS[1], 'purged') == 1
+local purged = redis.call('HEXISTS', KEYS[1], EV_PURGED) == 1
 local restored, corrected = 0, 0
 for i = 7, #ARGV, 7 do
   local id, status, qty, created, done, user, scope =
     ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
   local record = redis.call('HGET', KEYS[2], id)
   if not record then
-    redis.call('HSET', KEYS[2], id, string.format('%s|%d|%s|%s|%s', status, qty, created, done, user))
-    redis.call('HINCRBY', KEYS[1], 'accepted', 1)
-    if status == 'c' then
-      redis.call('HINCRBY', KEYS[1], 'remaining', -qty)
-      redis.call('HINCRBY', KEYS[1], 'confirmed', qty)
+    redis.call('HSET', KEYS[2], id, string.format(RECORD, status, qty, created, done, user))
+    redis.call('HINCRBY', KEYS[1], EV_ACCEPTED, 1)
+    if status == CONFIRMED then
+      redis.call('HINCRBY', KEYS[1], EV_REMAINING, -qty)
+      redis.call('HINCRBY', KEYS[1], EV_CONFIRMED, qty)
       if not purged then redis.call('HINCRBY', KEYS[4], user, qty) end
     end
     if scope ~= '' and not purged then redis.call('HSET', KEYS[3], scope, id) end
     restored = restored + 1
-  elseif string.sub(record, 1, 2) == 'p|' then
-    local rest = string.sub(record, 3)
-    local rqty, rcreated, ruser = string.match(rest, '^(%d+)|(%d+)|%d*|(.+)$')
-    if rqty then
-      redis.call('HSET', KEYS[2], id, string.format('%s|%s|%s|%s|%s', status, rqty, rcreated, done, ruser))
-      if status == 'c' then
-        redis.call('HINCRBY', KEYS[1], 'confirmed', tonumber(rqty))
+  else
+    local rstatus, rqty, rcreated, _, ruser = string.match(record, RECORD_PARTS)
+    if rstatus == PENDING then
+      redis.call('HSET', KEYS[2], id, string.format(RECORD, status, rqty, rcreated, done, ruser))
+      if status == CONFIRMED then
+        redis.call('HINCRBY', KEYS[1], EV_CONFIRMED, tonumber(rqty))
       else
-        redis.call('HINCRBY', KEYS[1], 'remaining', tonumber(rqty))
+        redis.call('HINCRBY', KEYS[1], EV_REMAINING, tonumber(rqty))
         if not purged and redis.call('HEXISTS', KEYS[4], ruser) == 1 then
           redis.call('HINCRBY', KEYS[4], ruser, -tonumber(rqty))
         end

@@ -24,6 +24,7 @@ use crate::dead_letter;
 use crate::domain::EventId;
 use crate::keys::EventKeys;
 use crate::order::{OrderRecord, OrderStatus};
+use crate::schema::{EventField, EventHash};
 use crate::scripts::{text, unexpected};
 use crate::stream;
 
@@ -132,42 +133,42 @@ pub async fn audit(conn: &mut impl ConnectionLike, event: &EventId) -> RedisResu
 /// What moves while a sale is live; equal before and after a walk means nothing happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Counters {
-    fields: HashMap<String, String>,
+    hash: EventHash,
     pending: i64,
     lag: Option<i64>,
     dead_letters: i64,
 }
 
 impl Counters {
-    fn num(&self, name: &str) -> i64 {
-        self.fields.get(name).and_then(|v| v.parse().ok()).unwrap_or(0)
+    fn num(&self, field: EventField) -> i64 {
+        self.hash.int(field).unwrap_or(0)
     }
 }
 
 async fn counters(conn: &mut impl ConnectionLike, keys: &EventKeys) -> RedisResult<Option<Counters>> {
-    const FIELDS: [&str; 5] = ["stock", "remaining", "confirmed", "accepted", "purged"];
-    let values: Vec<Option<String>> =
-        redis::cmd("HMGET").arg(&keys.event).arg(&FIELDS).query_async(conn).await?;
-    let fields: HashMap<String, String> =
-        FIELDS.iter().zip(values).filter_map(|(name, value)| Some(((*name).to_owned(), value?))).collect();
-    if !fields.contains_key("stock") {
-        return Ok(None);
-    }
+    const FIELDS: [EventField; 5] = [
+        EventField::Stock,
+        EventField::Remaining,
+        EventField::Confirmed,
+        EventField::Accepted,
+        EventField::Purged,
+    ];
+    let Some(hash) = EventHash::read(conn, keys, &FIELDS).await? else { return Ok(None) };
     let dead_letters: i64 = redis::cmd("XLEN").arg(&keys.dead).query_async(conn).await?;
     let (pending, lag) = match stream::group_stats(conn, keys).await? {
         Some(stats) => (stats.pending, stats.lag),
         // No group yet: every entry of the stream is undelivered.
         None => (0, Some(redis::cmd("XLEN").arg(&keys.stream).query_async(conn).await?)),
     };
-    Ok(Some(Counters { fields, pending, lag, dead_letters }))
+    Ok(Some(Counters { hash, pending, lag, dead_letters }))
 }
 
 async fn walk(conn: &mut impl ConnectionLike, keys: &EventKeys, counters: &Counters) -> RedisResult<Audit> {
     let mut audit = Audit {
-        stock: counters.num("stock"),
-        remaining: counters.num("remaining"),
-        confirmed_counter: counters.num("confirmed"),
-        accepted_counter: counters.num("accepted"),
+        stock: counters.num(EventField::Stock),
+        remaining: counters.num(EventField::Remaining),
+        confirmed_counter: counters.num(EventField::Confirmed),
+        accepted_counter: counters.num(EventField::Accepted),
         stream_pending: counters.pending,
         stream_lag: counters.lag.unwrap_or(-1),
         dead_letters: counters.dead_letters,
@@ -219,7 +220,7 @@ async fn walk(conn: &mut impl ConnectionLike, keys: &EventKeys, counters: &Count
     // but both hashes gone (the idempotency hash is never emptied while orders exist).
     let users_exist: bool = redis::cmd("EXISTS").arg(&keys.users).query_async(conn).await?;
     let idem_exists: bool = redis::cmd("EXISTS").arg(&keys.idem).query_async(conn).await?;
-    let purged = counters.fields.contains_key("purged")
+    let purged = counters.hash.has(EventField::Purged)
         || (!users_exist && !idem_exists && audit.units_pending + audit.units_confirmed > 0);
     if !purged {
         audit.user_totals_checked = true;

@@ -1,6 +1,5 @@
 //! Events (sales): their configuration, their live counters and their state.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use redis::RedisResult;
@@ -10,6 +9,7 @@ use serde::Serialize;
 use crate::domain::EventId;
 use crate::keys::CONSUMER_GROUP;
 use crate::keys::{self, EventKeys};
+use crate::schema::{EventField, EventHash, EventStateMark, OrderStatus};
 use crate::scripts::{self, CONTROL, PURGE, PUT_EVENT, REMOVE_EVENT, RESTORE_ORDERS};
 
 /// What an operator sets with `PUT /v1/events/{id}`.
@@ -143,7 +143,7 @@ pub struct EventSnapshot {
     /// When the idempotency entries and user totals go (`ends_at` + retention).
     pub purge_at_ms: Option<i64>,
     /// What an operator decided (`lua/control.lua`), if anything.
-    pub control: Option<Control>,
+    pub control: Option<EventStateMark>,
     /// Redis server time when the snapshot was read.
     pub now_ms: i64,
 }
@@ -151,20 +151,13 @@ pub struct EventSnapshot {
 impl EventSnapshot {
     pub fn state(&self) -> EventState {
         match self.control {
-            Some(Control::Ended) => return EventState::Ended,
-            Some(Control::Paused) => return EventState::Paused,
+            Some(EventStateMark::Ended) => return EventState::Ended,
+            Some(EventStateMark::Paused) => return EventState::Paused,
             None => {}
         }
         window_state(self.config.starts_at_ms, self.config.ends_at_ms, self.now_ms)
             .unwrap_or(if self.remaining == 0 { EventState::SoldOut } else { EventState::Live })
     }
-}
-
-/// An operator's decision on a sale.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Control {
-    Paused,
-    Ended,
 }
 
 /// What an operator asks of a live sale.
@@ -231,48 +224,37 @@ pub async fn control(
 
 /// The event, or `None` when it was never created.
 pub async fn load(conn: &mut impl ConnectionLike, id: &EventId) -> RedisResult<Option<EventSnapshot>> {
-    // The fields a snapshot reads (see lua/put_event.lua), named rather than HGETALL: the
-    // schema stays in one place and no read takes more than it needs.
-    const FIELDS: [&str; 10] = [
-        "stock",
-        "limit",
-        "name",
-        "starts",
-        "ends",
-        "remaining",
-        "confirmed",
-        "accepted",
-        "purge_at",
-        "state",
+    // The fields a snapshot reads, named rather than HGETALL: no read takes more than it needs.
+    const FIELDS: [EventField; 10] = [
+        EventField::Stock,
+        EventField::Limit,
+        EventField::Name,
+        EventField::Starts,
+        EventField::Ends,
+        EventField::Remaining,
+        EventField::Confirmed,
+        EventField::Accepted,
+        EventField::PurgeAt,
+        EventField::State,
     ];
     let keys = EventKeys::new(id);
     let (values, (secs, micros)): (Vec<Option<String>>, (i64, i64)) =
-        redis::pipe().cmd("HMGET").arg(&keys.event).arg(&FIELDS).cmd("TIME").query_async(conn).await?;
-    let fields: HashMap<&str, String> =
-        FIELDS.iter().zip(values).filter_map(|(name, value)| Some((*name, value?))).collect();
-    if !fields.contains_key("stock") {
-        return Ok(None);
-    }
-    let num = |name: &str| fields.get(name).and_then(|v| v.parse::<i64>().ok());
-    let text = |name: &str| fields.get(name).filter(|v| !v.is_empty()).cloned();
+        redis::pipe().add_command(EventHash::command(&keys, &FIELDS)).cmd("TIME").query_async(conn).await?;
+    let Some(hash) = EventHash::from_reply(&FIELDS, values) else { return Ok(None) };
     let config = EventConfig {
-        stock: num("stock").unwrap_or(0) as u64,
-        per_user_limit: num("limit").unwrap_or(1) as u32,
-        name: text("name"),
-        starts_at_ms: num("starts"),
-        ends_at_ms: num("ends"),
+        stock: hash.count(EventField::Stock),
+        per_user_limit: hash.int(EventField::Limit).and_then(|limit| u32::try_from(limit).ok()).unwrap_or(1),
+        name: hash.text(EventField::Name).map(str::to_owned),
+        starts_at_ms: hash.int(EventField::Starts),
+        ends_at_ms: hash.int(EventField::Ends),
     };
     Ok(Some(EventSnapshot {
         config,
-        remaining: num("remaining").unwrap_or(0).max(0) as u64,
-        confirmed: num("confirmed").unwrap_or(0).max(0) as u64,
-        accepted: num("accepted").unwrap_or(0).max(0) as u64,
-        purge_at_ms: num("purge_at"),
-        control: match text("state").as_deref() {
-            Some("paused") => Some(Control::Paused),
-            Some("ended") => Some(Control::Ended),
-            _ => None,
-        },
+        remaining: hash.count(EventField::Remaining),
+        confirmed: hash.count(EventField::Confirmed),
+        accepted: hash.count(EventField::Accepted),
+        purge_at_ms: hash.int(EventField::PurgeAt),
+        control: hash.state_mark(),
         now_ms: secs * 1000 + micros / 1000,
     }))
 }
@@ -286,17 +268,14 @@ pub struct Units {
 }
 
 pub async fn units(conn: &mut impl ConnectionLike, keys: &EventKeys) -> RedisResult<Option<Units>> {
-    let (stock, remaining, confirmed): (Option<u64>, Option<u64>, Option<u64>) = redis::cmd("HMGET")
-        .arg(&keys.event)
-        .arg("stock")
-        .arg("remaining")
-        .arg("confirmed")
-        .query_async(conn)
-        .await?;
-    Ok(match (stock, remaining, confirmed) {
-        (Some(stock), Some(remaining), Some(confirmed)) => Some(Units { stock, remaining, confirmed }),
-        _ => None,
-    })
+    const FIELDS: [EventField; 3] = [EventField::Stock, EventField::Remaining, EventField::Confirmed];
+    Ok(EventHash::read(conn, keys, &FIELDS).await?.and_then(|hash| {
+        Some(Units {
+            stock: u64::try_from(hash.int(EventField::Stock)?).ok()?,
+            remaining: u64::try_from(hash.int(EventField::Remaining)?).ok()?,
+            confirmed: u64::try_from(hash.int(EventField::Confirmed)?).ok()?,
+        })
+    }))
 }
 
 /// Removes the event's idempotency entries and user totals once `ends_at` plus the retention
@@ -309,7 +288,7 @@ pub async fn purge(conn: &mut impl ConnectionLike, keys: &EventKeys) -> RedisRes
 /// Whether the event's retention has passed and its idempotency entries were purged: the
 /// only events that may leave Redis.
 pub async fn is_purged(conn: &mut impl ConnectionLike, keys: &EventKeys) -> RedisResult<bool> {
-    redis::cmd("HEXISTS").arg(&keys.event).arg("purged").query_async(conn).await
+    redis::cmd("HEXISTS").arg(&keys.event).arg(EventField::Purged.name()).query_async(conn).await
 }
 
 /// Why an event stays in Redis, or that it left.
@@ -395,7 +374,7 @@ pub async fn restore(
     for o in orders {
         invocation
             .arg(o.order_id)
-            .arg(if o.confirmed { "c" } else { "f" })
+            .arg(if o.confirmed { OrderStatus::Confirmed } else { OrderStatus::Failed }.letter())
             .arg(o.quantity)
             .arg(o.created_ms)
             .arg(o.finalized_ms)

@@ -23,7 +23,6 @@ pub mod connection;
 pub mod dead_letter;
 pub mod domain;
 pub mod event;
-pub mod keys;
 pub mod order;
 pub mod purchase;
 pub mod schema;
@@ -34,4 +33,4 @@ pub mod stream;
 pub mod telemetry;
 
 pub use domain::{EventId, IdempotencyKey, InvalidField, OrderId, UserId};
-pub use keys::EventKeys;
+pub use schema::keys::{self, EventKeys};

@@ -21,17 +21,18 @@ use redis::{ErrorKind, FromRedisValue, RedisError, RedisResult, Script, ToRedisA
 
 use crate::connection::Conn;
 
-/// A script's source and its compiled handle (which carries the SHA1 for EVALSHA).
+/// A script's source (the schema's prelude, then the file of `lua/`) and its compiled handle
+/// (which carries the SHA1 for EVALSHA).
 #[derive(Debug)]
 pub struct LuaScript {
-    source: &'static str,
+    source: LazyLock<String>,
     compiled: LazyLock<Script>,
 }
 
 impl LuaScript {
     /// The Lua source (what `SCRIPT LOAD` sends).
-    pub fn source(&self) -> &'static str {
-        self.source
+    pub fn source(&self) -> &str {
+        &self.source
     }
 }
 
@@ -79,7 +80,7 @@ impl Invocation {
     pub async fn invoke_async<T: FromRedisValue>(&self, conn: &mut impl ConnectionLike) -> RedisResult<T> {
         match self.command("EVALSHA", self.script.get_hash()).query_async(conn).await {
             Err(error) if error.kind() == ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                self.command("EVAL", self.script.source).query_async(conn).await
+                self.command("EVAL", self.script.source()).query_async(conn).await
             }
             result => result,
         }
@@ -97,8 +98,14 @@ impl std::ops::Deref for LuaScript {
 macro_rules! lua {
     ($file:literal) => {
         LuaScript {
-            source: include_str!(concat!("../../lua/", $file)),
-            compiled: LazyLock::new(|| Script::new(include_str!(concat!("../../lua/", $file)))),
+            source: LazyLock::new(|| {
+                let body = include_str!(concat!("../../lua/", $file));
+                crate::schema::lua::prelude_for(body) + body
+            }),
+            compiled: LazyLock::new(|| {
+                let body = include_str!(concat!("../../lua/", $file));
+                Script::new(&(crate::schema::lua::prelude_for(body) + body))
+            }),
         }
     };
 }
@@ -133,7 +140,7 @@ static ALL: [&LuaScript; 9] = [
 /// a cluster pipeline reaches one random node; on its own, `SCRIPT LOAD` reaches every node).
 pub async fn load_all(conn: &mut impl ConnectionLike) -> RedisResult<()> {
     for script in ALL {
-        redis::cmd("SCRIPT").arg("LOAD").arg(script.source).exec_async(conn).await?;
+        redis::cmd("SCRIPT").arg("LOAD").arg(script.source()).exec_async(conn).await?;
     }
     Ok(())
 }
@@ -143,7 +150,7 @@ pub async fn load_all(conn: &mut impl ConnectionLike) -> RedisResult<()> {
 /// in tests). Never on a replica: one promoted later must be reconciled first, since
 /// replication is asynchronous and it may have missed the last orders.
 pub async fn lift_fence(conn: &mut Conn) -> RedisResult<()> {
-    conn.on_every_primary(redis::cmd("SCRIPT").arg("LOAD").arg(PURCHASE.source)).await
+    conn.on_every_primary(redis::cmd("SCRIPT").arg("LOAD").arg(PURCHASE.source())).await
 }
 
 /// Whether sales are fenced: the purchase script is not loaded (Redis (re)started or was

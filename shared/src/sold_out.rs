@@ -18,15 +18,7 @@ use redis::aio::ConnectionLike;
 
 use crate::connection::Conn;
 use crate::keys::EventKeys;
-
-/// Fields of the event hash (see `lua/put_event.lua`).
-const REMAINING: &str = "remaining";
-const ACCEPTED: &str = "accepted";
-const LIMIT: &str = "limit";
-const STARTS: &str = "starts";
-const ENDS: &str = "ends";
-/// Set while an operator paused or ended the sale: then no flag may answer for it.
-const STATE: &str = "state";
+use crate::schema::{EventField, EventHash};
 
 /// Scopes per `HSCAN` call: a hint to Redis, which may return a few more or fewer.
 pub const SCAN_COUNT: usize = crate::scripts::SCAN_CHUNK;
@@ -52,23 +44,31 @@ pub async fn counters_and_rules(
     conn: &mut impl ConnectionLike,
     keys: &EventKeys,
 ) -> RedisResult<Option<(Counters, Rules)>> {
-    let fields: Vec<Option<String>> = redis::cmd("HMGET")
-        .arg(&keys.event)
-        .arg(&[REMAINING, ACCEPTED, LIMIT, STARTS, ENDS, STATE])
-        .query_async(conn)
-        .await?;
-    if fields.get(5).is_some_and(Option::is_some) {
+    const FIELDS: [EventField; 7] = [
+        EventField::Stock,
+        EventField::Remaining,
+        EventField::Accepted,
+        EventField::Limit,
+        EventField::Starts,
+        EventField::Ends,
+        // Set while an operator paused or ended the sale: then no flag may answer for it.
+        EventField::State,
+    ];
+    let Some(hash) = EventHash::read(conn, keys, &FIELDS).await? else { return Ok(None) };
+    if hash.has(EventField::State) {
         // Paused or ended: purchases get the script's answer, never a local sold_out.
         return Ok(None);
     }
-    // `starts` and `ends` are '' when absent.
-    let num = |i: usize| fields.get(i).and_then(|v| v.as_deref()).and_then(|v| v.parse::<i64>().ok());
-    let (Some(remaining), Some(accepted), Some(limit)) = (num(0), num(1), num(2)) else { return Ok(None) };
+    let (Some(remaining), Some(accepted), Some(limit)) =
+        (hash.int(EventField::Remaining), hash.int(EventField::Accepted), hash.int(EventField::Limit))
+    else {
+        return Ok(None);
+    };
     let counters = Counters { remaining: remaining.max(0) as u64, accepted: accepted.max(0) as u64 };
     let rules = Rules {
         per_user_limit: u32::try_from(limit).unwrap_or(u32::MAX),
-        starts_ms: num(3),
-        ends_ms: num(4),
+        starts_ms: hash.int(EventField::Starts),
+        ends_ms: hash.int(EventField::Ends),
     };
     Ok(Some((counters, rules)))
 }
@@ -84,16 +84,19 @@ pub async fn counters<'a>(
     let reads = events.into_iter().map(|keys| {
         let mut conn = conn.clone();
         async move {
-            let row: (Option<u64>, Option<u64>, Option<String>) = redis::cmd("HMGET")
-                .arg(&keys.event)
-                .arg(&[REMAINING, ACCEPTED, STATE])
-                .query_async(&mut conn)
-                .await?;
-            RedisResult::Ok(match row {
+            const FIELDS: [EventField; 4] =
+                [EventField::Stock, EventField::Remaining, EventField::Accepted, EventField::State];
+            let hash = EventHash::read(&mut conn, keys, &FIELDS).await?;
+            RedisResult::Ok(hash.and_then(|hash| {
                 // A paused or ended sale holds no sold-out flag: `None`, as for a gone event.
-                (Some(remaining), Some(accepted), None) => Some(Counters { remaining, accepted }),
-                _ => None,
-            })
+                if hash.has(EventField::State) {
+                    return None;
+                }
+                Some(Counters {
+                    remaining: u64::try_from(hash.int(EventField::Remaining)?).ok()?,
+                    accepted: u64::try_from(hash.int(EventField::Accepted)?).ok()?,
+                })
+            }))
         }
     });
     futures_util::future::try_join_all(reads).await

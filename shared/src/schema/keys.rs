@@ -1,20 +1,4 @@
-//! The Redis key layout, in one place. Nothing else formats a key name.
-//!
-//! ```text
-//! fs:events                  SET     every event id, so workers discover new events
-//! fs:stock-returned          channel an event id, published when a failed order returns units
-//! fs:write-probe             STRING  written by /readyz (expires after 10 s)
-//! fs:{ev:E}:event            HASH    config and counters (see lua/put_event.lua)
-//! fs:{ev:E}:orders           HASH    order id -> "status|quantity|created_ms|done_ms|user_id"
-//! fs:{ev:E}:idem             HASH    idempotency scope -> order id (purged after retention)
-//! fs:{ev:E}:users            HASH    user id -> units held (purged after retention)
-//! fs:{ev:E}:stream           STREAM  {order = id}, consumed by the worker group
-//! fs:{ev:E}:dead             STREAM  dead letters: entry id, reason, deliveries, order, payload
-//! fs:{ev:E}:attempts         HASH    stream entry id -> failed finalize attempts (usually absent)
-//! ```
-//!
-//! No key of an event carries a TTL: under a `volatile-*` eviction policy those are the keys
-//! Redis evicts first. The worker removes what is no longer needed (`lua/purge.lua`).
+//! Every Redis key and channel name, built here and nowhere else (the layout: [`super`]).
 //!
 //! Every key of one event carries the hash tag `{ev:E}`, so all of them live in one Redis
 //! Cluster slot and each script may touch them all. `fs:events` is only ever used on its own.
