@@ -88,10 +88,10 @@ fn literals_after<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
     let mut rest = text;
     while let Some(at) = rest.find(prefix) {
         rest = &rest[at + prefix.len()..];
-        if let Some(body) = rest.strip_prefix('"') {
-            if let Some(end) = body.find('"') {
-                found.push(&body[..end]);
-            }
+        if let Some(body) = rest.strip_prefix('"')
+            && let Some(end) = body.find('"')
+        {
+            found.push(&body[..end]);
         }
     }
     found
@@ -146,7 +146,8 @@ fn compare(
     }
 }
 
-fn report(problems: Vec<String>) {
+fn report(mut problems: Vec<String>) {
+    problems.dedup();
     assert!(
         problems.is_empty(),
         "the docs and the code disagree ({} problem(s)):\n  - {}\n",
@@ -162,7 +163,11 @@ fn every_setting_is_documented_and_every_documented_setting_exists() {
         .flat_map(|(_, text)| literals_after(text, "env = "))
         .map(str::to_owned)
         .collect();
-    assert!(code.len() > 20, "found only {} settings in the code: has the clap `env = \"...\"` form changed?", code.len());
+    assert!(
+        code.len() > 20,
+        "found only {} settings in the code: has the clap `env = \"...\"` form changed?",
+        code.len()
+    );
     let configuration = doc("configuration.md");
     let documented: BTreeSet<String> = first_cells(&configuration)
         .into_iter()
@@ -257,8 +262,14 @@ fn code_routes() -> BTreeSet<String> {
         for (at, _) in text.match_indices("utoipa::path(") {
             let args = &text[at + "utoipa::path(".len()..];
             let method: String = args.trim_start().chars().take_while(char::is_ascii_alphabetic).collect();
-            assert!(METHODS.contains(&method.as_str()), "{file}: a utoipa::path without a method first: {method:?}");
-            let path = literals_after(args, "path = ").into_iter().next().unwrap_or_else(|| panic!("{file}: a utoipa::path without path"));
+            assert!(
+                METHODS.contains(&method.as_str()),
+                "{file}: a utoipa::path without a method first: {method:?}"
+            );
+            let path = literals_after(args, "path = ")
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| panic!("{file}: a utoipa::path without path"));
             routes.insert(format!("{} {path}", method.to_ascii_uppercase()));
         }
         for (at, _) in text.match_indices(".route(") {
@@ -304,8 +315,10 @@ fn doc_routes(text: &str) -> BTreeSet<String> {
         .filter_map(|span| {
             let (method, path) = span.split_once(' ')?;
             let upper = method.to_ascii_lowercase();
-            (METHODS.contains(&upper.as_str()) && method == method.to_ascii_uppercase() && path.starts_with('/'))
-                .then(|| format!("{method} {}", path.split('?').next().unwrap_or(path)))
+            (METHODS.contains(&upper.as_str())
+                && method == method.to_ascii_uppercase()
+                && path.starts_with('/'))
+            .then(|| format!("{method} {}", path.split('?').next().unwrap_or(path)))
         })
         .collect()
 }
@@ -320,7 +333,10 @@ fn route_matches(route: &str, named: &str) -> bool {
     let named_segments: Vec<&str> = named_path.split('/').collect();
     route_method == named_method
         && route_segments.len() == named_segments.len()
-        && route_segments.iter().zip(&named_segments).all(|(r, n)| r == n || placeholder(r) && (placeholder(n) || !n.is_empty()))
+        && route_segments
+            .iter()
+            .zip(&named_segments)
+            .all(|(r, n)| r == n || placeholder(r) && (placeholder(n) || !n.is_empty()))
 }
 
 #[test]
@@ -344,7 +360,9 @@ fn every_route_is_in_the_api_reference_and_back() {
         // (`POST /v1/events/E/pause`): it only has to match one of the router's.
         for named in doc_routes(&text) {
             if !code.iter().any(|route| route_matches(route, &named)) {
-                problems.push(format!("route `{named}` is named in {path} but the gateway's router has no such route"));
+                problems.push(format!(
+                    "route `{named}` is named in {path} but the gateway's router has no such route"
+                ));
             }
         }
     }
@@ -363,20 +381,28 @@ fn every_helper_script_and_make_target_named_exists() {
     let targets: BTreeSet<&str> = makefile
         .lines()
         .filter_map(|line| line.split_once(':').map(|(target, _)| target))
-        .filter(|t| !t.is_empty() && t.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'))
+        .filter(|t| {
+            !t.is_empty() && t.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        })
         .collect();
     let architecture = doc("architecture.md");
     let layout = section(&architecture, "## Code layout");
     let mut problems = Vec::new();
     for name in &on_disk {
         if !layout.contains(name.as_str()) {
-            problems.push(format!("scripts/{name} is missing from docs/architecture.md, section \"Code layout\""));
+            problems.push(format!(
+                "scripts/{name} is missing from docs/architecture.md, section \"Code layout\""
+            ));
         }
     }
     for (path, text) in all_docs() {
         for (at, _) in text.match_indices("scripts/") {
             // Only a path of the repository's scripts/ (not bench/scripts/, say).
-            if text[..at].chars().next_back().is_some_and(|c| c.is_ascii_alphanumeric() || c == '/' || c == '_' || c == '-') {
+            if text[..at]
+                .chars()
+                .next_back()
+                .is_some_and(|c| c.is_ascii_alphanumeric() || c == '/' || c == '_' || c == '-')
+            {
                 continue;
             }
             let name: String = text[at + "scripts/".len()..]
@@ -392,7 +418,9 @@ fn every_helper_script_and_make_target_named_exists() {
             if let Some(target) = span.strip_prefix("make ") {
                 let target = target.split_whitespace().next().unwrap_or("");
                 if !targets.contains(target) {
-                    problems.push(format!("`make {target}` is named in {path} but the Makefile has no such target"));
+                    problems.push(format!(
+                        "`make {target}` is named in {path} but the Makefile has no such target"
+                    ));
                 }
             }
         }
