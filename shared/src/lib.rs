@@ -9,13 +9,18 @@
 //!   time helpers. Once a value exists it is valid.
 //! - [`keys`]: every Redis key and channel name, built in one place, with one hash tag per
 //!   event so that every script is Redis Cluster-safe.
+//! - [`schema`]: the Redis schema: every key, hash field, record format, status and stream
+//!   field, in one place.
 //! - [`scripts`]: the Lua scripts of `lua/`, loaded with `include_str!`.
 //! - [`event`], [`purchase`], [`order`], [`stream`]: one module per step a purchase goes
 //!   through, each wrapping its script with typed arguments and outcomes.
 //! - [`dead_letter`]: entries the worker could not finalize, and the operator's redrive/fail.
 //! - [`sold_out`]: the chunked reads behind the gateway's local sold-out flags.
 //! - [`audit`]: the books-balance invariant, used by tests and by `flashsale-worker check`.
-//! - [`config`], [`telemetry`], [`shutdown`]: the process plumbing both binaries share.
+//! - [`connection`]: the one multiplexed Redis connection a process shares (one node or a
+//!   cluster), the dedicated connections of blocking reads, and what a failed call means.
+//! - [`config`], [`telemetry`], [`shutdown`]: the process plumbing both binaries share
+//!   (Redis and log settings, logs and metrics, signals).
 
 pub mod audit;
 pub mod config;
