@@ -61,7 +61,6 @@ DATABASE_URL = ENV["DATABASE_URL"]
 WORKER_FORGETS_S = 0.5
 ADMIN_TOKEN = ENV["ADMIN_TOKEN"]
 LOADGEN = ENV["LOADGEN"]
-PURCHASE_LUA = ENV["PURCHASE_LUA"]
 K6 = os.path.join(ROOT, ".venv/bin/k6")
 
 QUICK = ENV.get("BENCH_QUICK") == "1"
@@ -137,14 +136,29 @@ def new_event(name):
     return f"{name}-{EVENTS_MADE}"
 
 
+SCHEMAS = {}
+
+
+def schema(event):
+    """The Redis schema of one event, as the binaries have it (shared/src/schema): key names,
+    the purchase script's KEYS in order and its source. Asked, never formatted here."""
+    if event not in SCHEMAS:
+        out = subprocess.run([WORKER_BIN, "schema", "--event", event], capture_output=True, text=True, timeout=30)
+        if out.returncode != 0:
+            raise BenchError(f"flashsale-worker schema --event {event}: {out.stderr.strip()}")
+        SCHEMAS[event] = json.loads(out.stdout)
+    return SCHEMAS[event]
+
+
 def event_keys(event):
-    # The layout of shared/src/keys.rs (the order matches lua/purchase.lua's KEYS).
-    tag = f"fs:{{ev:{event}}}"
-    return [f"{tag}:event", f"{tag}:idem", f"{tag}:users", f"{tag}:orders", f"{tag}:stream"]
+    """lua/purchase.lua's KEYS: event hash, idempotency, user totals, orders, stream."""
+    return schema(event)["purchase_keys"]
 
 
 def event_counter(event, field):
-    value = R("HGET", event_keys(event)[0], field)
+    if field not in schema(event)["event_fields"]:
+        raise BenchError(f"{field} is not a field of the event hash (shared/src/schema/event_hash.rs)")
+    value = R("HGET", schema(event)["keys"]["event"], field)
     if value is None:
         raise BenchError(f"event {event} has no field {field}")
     return int(value)
@@ -244,10 +258,10 @@ def drop_event(event):
         raise BenchError(f"{event}: Redis holds {held} orders ({event_counter(event, 'confirmed')} units confirmed) "
                          f"but the ledger has {recorded}; stream group: {R('XINFO', 'GROUPS', event_keys(event)[4])}")
     # The worker stops reading the stream before it goes: a read of a deleted stream fails.
-    R("SREM", "fs:events", event)
+    R("SREM", schema(event)["registry"], event)
     time.sleep(WORKER_FORGETS_S)
     # Synchronous DEL, not UNLINK: background freeing would bill Redis CPU to the next run.
-    R("DEL", *event_keys(event), f"fs:{{ev:{event}}}:dead", f"fs:{{ev:{event}}}:attempts")
+    R("DEL", *schema(event)["keys"].values())
 
 
 def used_memory():
@@ -431,9 +445,8 @@ def record(run):
 
 
 def load_purchase_script():
-    with open(PURCHASE_LUA) as f:
-        sha = R("SCRIPT", "LOAD", f.read())
-    return sha
+    # The script as Redis runs it: the schema's prelude, then lua/purchase.lua.
+    return R("SCRIPT", "LOAD", schema("any")["purchase_script"])
 
 
 def benchmark_cmd(sha, event, calls, pipeline=1, clients=None):

@@ -4,7 +4,7 @@
 -- first and every write after; reservation and enqueue are one step, so nothing can
 -- reserve stock without the worker hearing of it.
 --
--- KEYS[1] event hash     fs:{ev:E}:event   config and counters (see put_event.lua)
+-- KEYS[1] event hash     fs:{ev:E}:event   config and counters (EV_* fields)
 -- KEYS[2] idempotency    fs:{ev:E}:idem    scope -> order id
 -- KEYS[3] user totals    fs:{ev:E}:users   user id -> units held in pending or confirmed orders
 -- KEYS[4] orders         fs:{ev:E}:orders  order id -> record (PENDING_RECORD when new)

@@ -96,11 +96,7 @@ pub fn command(
     let mut cmd = redis::cmd("EVALSHA");
     cmd.arg(PURCHASE.get_hash())
         .arg(5)
-        .arg(&keys.event)
-        .arg(&keys.idem)
-        .arg(&keys.users)
-        .arg(&keys.orders)
-        .arg(&keys.stream)
+        .arg(&keys.purchase_keys())
         .arg(scope)
         .arg(user.as_str())
         .arg(quantity)

@@ -21,7 +21,7 @@ pub const CONSUMER_GROUP: &str = "flashsale-workers";
 const TAG_PREFIX: &str = "fs:{ev:";
 
 /// All keys of one event.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct EventKeys {
     pub event: String,
     pub orders: String,
@@ -44,6 +44,11 @@ impl EventKeys {
             dead: key("dead"),
             attempts: key("attempts"),
         }
+    }
+
+    /// The keys of `lua/purchase.lua`, in its KEYS order.
+    pub fn purchase_keys(&self) -> [&str; 5] {
+        [&self.event, &self.idem, &self.users, &self.orders, &self.stream]
     }
 }
 
