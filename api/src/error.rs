@@ -45,11 +45,11 @@ pub enum ApiError {
     #[error("missing or wrong admin token")]
     Unauthorized,
     #[error("buyer token refused: {0:?}")]
-    InvalidToken(crate::buyer::TokenError),
+    InvalidToken(TokenError),
     #[error("user_id is not the token's subject")]
     UserMismatch,
     #[error("rate limited ({limit:?})")]
-    RateLimited { limit: crate::limit::Limit, retry_after_secs: u64 },
+    RateLimited { limit: Limit, retry_after_secs: u64 },
     #[error("event not found")]
     EventNotFound,
     #[error("order not found")]
@@ -128,15 +128,91 @@ impl Unavailable {
     }
 }
 
+/// What a Redis call does to the data, which decides what its failure means for the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mutation {
+    /// Reads, or writes nothing the request asked for (the script cache, the readiness
+    /// probe's key): when it fails, the request changed nothing.
+    Read,
+    /// May write what the request asked for (a purchase, an event, a decision): when it fails
+    /// after it may have reached Redis, the request's outcome is unknown.
+    Write,
+}
+
+/// Why a buyer token was refused. The detail tells the client what to fix; it never repeats
+/// the token or its claims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenError {
+    Missing,
+    Malformed,
+    /// No configured key has this algorithm (`none` included), or this `kid`.
+    UnknownKey,
+    Signature,
+    Expired,
+    NotYetValid,
+    Issuer,
+    Audience,
+    /// `exp` or `sub` (or `iss` / `aud` when required) is absent.
+    MissingClaim,
+    /// `sub` is not a valid user id.
+    Subject,
+}
+
+impl TokenError {
+    pub fn detail(self) -> &'static str {
+        match self {
+            Self::Missing => "no bearer token was sent.",
+            Self::Malformed => {
+                "the token is not a well-formed JWT of an accepted algorithm (alg: none is none)."
+            }
+            Self::UnknownKey => "no configured key has the token's algorithm and key id.",
+            Self::Signature => "the signature does not verify.",
+            Self::Expired => "the token has expired.",
+            Self::NotYetValid => "the token is not valid yet (nbf).",
+            Self::Issuer => "the token's issuer (iss) is not the one configured.",
+            Self::Audience => "the token's audience (aud) is not the one configured.",
+            Self::MissingClaim => {
+                "the token lacks a required claim (exp, sub, and iss or aud where configured)."
+            }
+            Self::Subject => "the token's sub is not a valid user id (1-128 characters of [A-Za-z0-9._:-]).",
+        }
+    }
+}
+
+/// Which rate limit refused a request (see [`crate::limit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    Buyer,
+    Client,
+}
+
+impl Limit {
+    /// The `limit` label of the rate-limit metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Buyer => "buyer",
+            Self::Client => "client",
+        }
+    }
+
+    /// For the problem's detail.
+    pub fn whose(self) -> &'static str {
+        match self {
+            Self::Buyer => "for this buyer",
+            Self::Client => "from this client address",
+        }
+    }
+}
+
 impl ApiError {
     pub fn invalid(field: InvalidField) -> Self {
         Self::InvalidFields(vec![field])
     }
 
-    /// A failed Redis call. `mutating` marks calls that may have changed state before the
-    /// failure was seen (a purchase): their outcome is unknown unless the failure is known to
-    /// come before the command ran (refused connection, a server that refused it).
-    pub fn redis(error: redis::RedisError, mutating: bool) -> Self {
+    /// A failed Redis call. A [`Mutation::Write`] may have changed state before the failure
+    /// was seen (a purchase): its outcome is unknown unless the failure is known to come
+    /// before the command ran (refused connection, a server that refused it).
+    pub fn redis(error: redis::RedisError, mutation: Mutation) -> Self {
         let why = match Fault::of(&error) {
             Fault::Timeout => Unavailable::Timeout,
             Fault::OutOfMemory => Unavailable::OutOfMemory,
@@ -147,15 +223,15 @@ impl ApiError {
             Fault::Fenced => Unavailable::Reconciling,
             Fault::Other => return Self::Internal(format!("Redis reply not understood: {error}")),
         };
-        let outcome_unknown = mutating && Fault::of(&error).outcome_unknown();
+        let outcome_unknown = mutation == Mutation::Write && Fault::of(&error).outcome_unknown();
         Self::Unavailable { why, outcome_unknown, cause: error.to_string() }
     }
 
-    /// A call whose deadline passed. `sent` marks a mutating call that may have reached Redis.
-    pub fn timeout(sent: bool) -> Self {
+    /// A call whose deadline passed: a [`Mutation::Write`] may have reached Redis.
+    pub fn timeout(mutation: Mutation) -> Self {
         Self::Unavailable {
             why: Unavailable::Timeout,
-            outcome_unknown: sent,
+            outcome_unknown: mutation == Mutation::Write,
             cause: "deadline exceeded".into(),
         }
     }
@@ -245,7 +321,7 @@ impl ApiError {
             Self::InvalidHeader(field) => field.to_string(),
             Self::RequestTimeout => "The request body did not arrive in time; nothing was changed.".into(),
             Self::UnsupportedMediaType => "Send the body as `Content-Type: application/json`.".into(),
-            Self::PayloadTooLarge => format!("The body may be at most {} bytes.", crate::BODY_LIMIT),
+            Self::PayloadTooLarge => format!("The body may be at most {} bytes.", crate::config::BODY_LIMIT),
             Self::RouteNotFound => "No route matches this path.".into(),
             Self::MethodNotAllowed => "This route does not accept this method; see the Allow header.".into(),
             Self::Unauthorized => "Admin routes need `Authorization: Bearer <ADMIN_TOKEN>`.".into(),

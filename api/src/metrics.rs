@@ -25,7 +25,7 @@ use axum::http::{Method, StatusCode};
 use flashsale_shared::telemetry::{LATENCY_BUCKETS, Metrics};
 use metrics::{Counter, Gauge, Histogram};
 
-use crate::limit::Limit;
+use crate::error::Limit;
 
 pub const PURCHASES_TOTAL: &str = "flashsale_purchases_total";
 pub const PURCHASE_DURATION: &str = "flashsale_purchase_duration_seconds";

@@ -10,10 +10,10 @@ use flashsale_shared::event::{self, ControlAction, ControlOutcome};
 
 use super::EventPath;
 use super::events::EventView;
-use crate::AppState;
-use crate::auth::Admin;
-use crate::error::{ApiError, Problem};
+use crate::error::{ApiError, Mutation, Problem};
+use crate::extract::Admin;
 use crate::openapi::{PathProblems, ServerProblems};
+use crate::state::AppState;
 
 async fn control(
     state: AppState,
@@ -25,7 +25,9 @@ async fn control(
     let retention = state.idempotency_retention();
     let id_ref = &id;
     let outcome = state
-        .redis(true, |mut conn| async move { event::control(&mut conn, id_ref, action, retention).await })
+        .redis(Mutation::Write, |mut conn| async move {
+            event::control(&mut conn, id_ref, action, retention).await
+        })
         .await;
     let result = match &outcome {
         Ok(outcome) => format!("{outcome:?}"),

@@ -10,10 +10,10 @@ use flashsale_shared::dead_letter::{self, Action, DeadLetter, Resolution};
 use serde::{Deserialize, Serialize};
 
 use super::EventPath;
-use crate::AppState;
-use crate::auth::Admin;
-use crate::error::{ApiError, Problem};
+use crate::error::{ApiError, Mutation, Problem};
+use crate::extract::Admin;
 use crate::openapi::{PathProblems, QueryProblems, ServerProblems};
+use crate::state::AppState;
 
 /// Most dead letters per page.
 const MAX_PAGE: usize = 500;
@@ -114,7 +114,7 @@ pub async fn list(
     let limit = page.limit.unwrap_or(100).clamp(1, MAX_PAGE);
     let keys = EventKeys::new(&id);
     let letters = state
-        .redis(false, |mut conn| async move {
+        .redis(Mutation::Read, |mut conn| async move {
             dead_letter::list(&mut conn, &keys, cursor.as_deref(), limit).await
         })
         .await?;
@@ -145,7 +145,7 @@ async fn resolve(
     let keys = EventKeys::new(&id);
     let (id_ref, entry_ref) = (&id, entry.as_str());
     let resolution = state
-        .redis(true, |mut conn| async move {
+        .redis(Mutation::Write, |mut conn| async move {
             dead_letter::resolve(&mut conn, id_ref, &keys, action, entry_ref).await
         })
         .await;

@@ -11,12 +11,12 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::EventPath;
-use crate::AppState;
-use crate::auth::Admin;
-use crate::error::{ApiError, Problem};
+use crate::error::{ApiError, Mutation, Problem};
+use crate::extract::Admin;
+use crate::extract::ClientAllowed;
 use crate::extract::JsonBody;
-use crate::limit::ClientAllowed;
 use crate::openapi::{BodyProblems, QueryProblems, ServerProblems};
+use crate::state::AppState;
 
 /// Larger stocks would not be exact in Lua's double-precision numbers.
 const MAX_STOCK: u64 = 1_000_000_000;
@@ -159,7 +159,8 @@ impl EventView {
 
 /// The event from Redis, or from the ledger once it has left Redis.
 pub(crate) async fn load(state: &AppState, id: &EventId) -> Result<EventView, ApiError> {
-    let snapshot = state.redis(false, |mut conn| async move { event::load(&mut conn, id).await }).await?;
+    let snapshot =
+        state.redis(Mutation::Read, |mut conn| async move { event::load(&mut conn, id).await }).await?;
     if let Some(snapshot) = snapshot {
         return Ok(EventView::new(id, snapshot));
     }
@@ -223,7 +224,10 @@ async fn put(state: &AppState, event_id: String, body: PutEventBody) -> Result<R
     let retention = state.idempotency_retention();
     let (id_ref, config) = (&id, &config);
     let outcome = state
-        .redis(true, |mut conn| async move { event::put(&mut conn, id_ref, config, retention).await })
+        .redis(
+            Mutation::Write,
+            |mut conn| async move { event::put(&mut conn, id_ref, config, retention).await },
+        )
         .await?;
     let status = match outcome {
         PutOutcome::Created => StatusCode::CREATED,
@@ -315,11 +319,13 @@ pub async fn list_events(
 ) -> Result<Json<EventsPage>, ApiError> {
     let limit = query.limit.unwrap_or(50).clamp(1, MAX_EVENTS_PAGE);
     let cursor = query.cursor.unwrap_or(0);
-    let (next, ids) =
-        state.redis(false, |mut conn| async move { event::scan(&mut conn, cursor, limit).await }).await?;
+    let (next, ids) = state
+        .redis(Mutation::Read, |mut conn| async move { event::scan(&mut conn, cursor, limit).await })
+        .await?;
     let mut events = Vec::with_capacity(ids.len());
     for id in &ids {
-        let snapshot = state.redis(false, |mut conn| async move { event::load(&mut conn, id).await }).await?;
+        let snapshot =
+            state.redis(Mutation::Read, |mut conn| async move { event::load(&mut conn, id).await }).await?;
         let Some(snapshot) = snapshot else { continue };
         if query.state.is_none_or(|wanted| snapshot.state() == wanted) {
             events.push(EventView::new(id, snapshot));

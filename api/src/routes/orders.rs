@@ -8,11 +8,11 @@ use flashsale_shared::{EventId, EventKeys, OrderId};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::AppState;
-use crate::buyer::Buyer;
-use crate::error::{ApiError, Problem};
-use crate::limit::ClientAllowed;
+use crate::error::{ApiError, Mutation, Problem};
+use crate::extract::Buyer;
+use crate::extract::ClientAllowed;
 use crate::openapi::{BuyerProblems, QueryProblems, ServerProblems};
+use crate::state::AppState;
 
 /// An order as clients see it (the 202 and replay bodies, and order polling).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -117,8 +117,9 @@ pub async fn get_order(
     let event = super::event_id(event_id)?;
     let order_id = OrderId::parse(&order_id).ok_or(ApiError::OrderNotFound)?;
     let keys = EventKeys::new(&event);
-    let order =
-        state.redis(false, |mut conn| async move { order::load(&mut conn, &keys, order_id).await }).await?;
+    let order = state
+        .redis(Mutation::Read, |mut conn| async move { order::load(&mut conn, &keys, order_id).await })
+        .await?;
     if let Some(order) = order {
         if !visible(&order.user_id) {
             return Err(ApiError::OrderNotFound);
@@ -180,7 +181,7 @@ pub struct OrdersPage {
     )
 )]
 pub async fn list_orders(
-    _admin: crate::auth::Admin,
+    _admin: crate::extract::Admin,
     State(state): State<AppState>,
     Path(crate::routes::EventPath { event_id }): Path<crate::routes::EventPath>,
     axum::extract::Query(query): axum::extract::Query<OrdersQuery>,

@@ -14,12 +14,12 @@ use serde::Deserialize;
 
 use super::EventPath;
 use super::orders::OrderView;
-use crate::AppState;
-use crate::buyer::Buyer;
-use crate::error::{ApiError, Problem};
+use crate::error::{ApiError, Mutation, Problem};
+use crate::extract::Buyer;
+use crate::extract::ClientAllowed;
 use crate::extract::JsonBody;
-use crate::limit::ClientAllowed;
 use crate::openapi::{BodyProblems, BuyerProblems, ServerProblems};
+use crate::state::AppState;
 
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
@@ -123,7 +123,7 @@ pub async fn create(
     state.may_sell().await?;
     let keys = EventKeys::new(&event);
     let outcome = state
-        .redis(true, |mut conn| async move {
+        .redis(Mutation::Write, |mut conn| async move {
             purchase::purchase(&mut conn, &keys, &scope, &user, quantity, OrderId::random()).await
         })
         .await?;
