@@ -75,7 +75,7 @@ pub async fn every_request(State(state): State<AppState>, request: Request, next
     span.in_scope(|| tracing::debug!(%status, latency_us = elapsed.as_micros() as u64, "finished"));
     let metrics = state.metrics();
     if method == Method::POST && route == PURCHASE_ROUTE {
-        let code = response.extensions().get::<ProblemCode>().map(|c| c.0);
+        let code = response.extensions().get::<ProblemCode>().copied();
         metrics.record_purchase(status, code, elapsed);
     }
     metrics.record_http(&method, route, status, elapsed);

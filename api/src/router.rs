@@ -33,7 +33,7 @@ pub enum Routes {
 /// The routes of `which`, behind the gateway's middleware (see [`observed`]), and
 /// `/openapi.json`.
 pub fn router_for(which: Routes, state: AppState) -> Router {
-    let (_, mut openapi) = public_routes().merge(admin_routes()).split_for_parts();
+    let mut openapi = openapi_document();
     if state.buyer_keys().is_none() {
         openapi::buyer_routes_public(&mut openapi);
     }
@@ -49,6 +49,11 @@ pub fn router_for(which: Routes, state: AppState) -> Router {
         get(move || async move { ([(header::CONTENT_TYPE, "application/json")], document) }),
     );
     observed(routes, state)
+}
+
+/// The OpenAPI document of every route, whichever listener serves it.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    public_routes().merge(admin_routes()).split_for_parts().1
 }
 
 /// Every route on one listener.
@@ -96,4 +101,39 @@ fn admin_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(dead_letters::redrive))
         .routes(routes!(dead_letters::fail))
         .routes(routes!(health::metrics))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::error::{PROBLEM_JSON, ProblemCode};
+
+    /// Every error response of the document is a problem, names at least one code, and each
+    /// code it names answers with that response's status.
+    #[test]
+    fn every_documented_problem_has_the_status_of_its_code() {
+        let document = serde_json::to_value(super::openapi_document()).unwrap();
+        let mut checked = 0;
+        for (path, item) in document["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                for (status, response) in operation["responses"].as_object().unwrap() {
+                    if !status.starts_with('4') && !status.starts_with('5') {
+                        continue;
+                    }
+                    let what = format!("{method} {path} {status}");
+                    assert!(response["content"][PROBLEM_JSON].is_object(), "{what}: not a problem");
+                    let description = response["description"].as_str().unwrap();
+                    let named: Vec<_> = ProblemCode::ALL
+                        .into_iter()
+                        .filter(|code| description.contains(&format!("`{}`", code.spec().code)))
+                        .collect();
+                    assert!(!named.is_empty(), "{what} names no problem code: {description}");
+                    for code in named {
+                        assert_eq!(code.spec().status.as_str(), status, "{what}: {code:?}");
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked > 50, "only {checked} documented problems");
+    }
 }

@@ -10,10 +10,20 @@ use flashsale_shared::event::{self, ControlAction, ControlOutcome};
 
 use super::EventPath;
 use super::events::EventView;
-use crate::error::{ApiError, Mutation, Problem};
+use crate::error::{ApiError, Mutation};
 use crate::extract::Admin;
-use crate::openapi::{PathProblems, ServerProblems};
+use crate::openapi::{AdminProblems, EventProblems, PathProblems, ServerProblems};
 use crate::state::AppState;
+
+crate::problems! {
+    /// Pause or resume after an end.
+    EndedProblems { SaleNotActive => "The sale was ended." }
+}
+
+crate::problems! {
+    /// Resume of a sale that is not paused.
+    ResumeProblems { NotPaused, SaleNotActive => "The sale was ended." }
+}
 
 async fn control(
     state: AppState,
@@ -51,9 +61,9 @@ async fn control(
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "Paused (or already paused): the event, `state: paused`", body = EventView),
-        (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`event_not_found`", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`sale_not_active`: the sale was ended", body = Problem, content_type = "application/problem+json"),
+        AdminProblems,
+        EventProblems,
+        EndedProblems,
         PathProblems,
         ServerProblems,
     ))]
@@ -70,9 +80,9 @@ pub async fn pause(
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "Selling again: the event", body = EventView),
-        (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`event_not_found`", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`not_paused`, or `sale_not_active`: the sale was ended", body = Problem, content_type = "application/problem+json"),
+        AdminProblems,
+        EventProblems,
+        ResumeProblems,
         PathProblems,
         ServerProblems,
     ))]
@@ -90,8 +100,8 @@ pub async fn resume(
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "Ended (or already ended): the event, `state: ended`", body = EventView),
-        (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`event_not_found`", body = Problem, content_type = "application/problem+json"),
+        AdminProblems,
+        EventProblems,
         PathProblems,
         ServerProblems,
     ))]

@@ -10,10 +10,20 @@ use flashsale_shared::dead_letter::{self, Action, DeadLetter, Resolution};
 use serde::{Deserialize, Serialize};
 
 use super::EventPath;
-use crate::error::{ApiError, Mutation, Problem};
+use crate::error::{ApiError, Mutation};
 use crate::extract::Admin;
-use crate::openapi::{PathProblems, QueryProblems, ServerProblems};
+use crate::openapi::{AdminProblems, InvalidProblems, PathProblems, QueryProblems, ServerProblems};
 use crate::state::AppState;
+
+crate::problems! {
+    /// A dead letter that is not there (any more).
+    DeadLetterProblems { DeadLetterNotFound }
+}
+
+crate::problems! {
+    /// Redrive: no such dead letter, or its order was decided.
+    RedriveProblems { DeadLetterNotFound, OrderNotPending }
+}
 
 /// Most dead letters per page.
 const MAX_PAGE: usize = 500;
@@ -98,8 +108,8 @@ fn stream_id(raw: &str) -> Result<&str, ApiError> {
     params(EventPath, PageQuery), security(("admin_token" = [])),
     responses(
         (status = 200, description = "A page of dead letters", body = DeadLetterPage),
-        (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "`invalid_fields`", body = Problem, content_type = "application/problem+json"),
+        AdminProblems,
+        InvalidProblems,
         QueryProblems,
         ServerProblems,
     ))]
@@ -167,9 +177,8 @@ async fn resolve(
     params(DeadLetterPath), security(("admin_token" = [])),
     responses(
         (status = 200, description = "`{\"outcome\": \"redriven\", \"order_id\", \"entry\"}`", body = Object),
-        (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`dead_letter_not_found`", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`order_not_pending`", body = Problem, content_type = "application/problem+json"),
+        AdminProblems,
+        RedriveProblems,
         PathProblems,
         ServerProblems,
     ))]
@@ -187,8 +196,8 @@ pub async fn redrive(
     params(DeadLetterPath), security(("admin_token" = [])),
     responses(
         (status = 200, description = "`{\"outcome\": \"failed\" | \"removed\", ...}`", body = Object),
-        (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`dead_letter_not_found`", body = Problem, content_type = "application/problem+json"),
+        AdminProblems,
+        DeadLetterProblems,
         PathProblems,
         ServerProblems,
     ))]

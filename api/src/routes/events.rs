@@ -11,11 +11,13 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::EventPath;
-use crate::error::{ApiError, Mutation, Problem};
+use crate::error::{ApiError, Mutation};
 use crate::extract::Admin;
 use crate::extract::ClientAllowed;
 use crate::extract::JsonBody;
-use crate::openapi::{BodyProblems, QueryProblems, ServerProblems};
+use crate::openapi::{
+    AdminProblems, BodyProblems, ClientProblems, EventProblems, PathProblems, QueryProblems, ServerProblems,
+};
 use crate::state::AppState;
 
 /// Larger stocks would not be exact in Lua's double-precision numbers.
@@ -168,6 +170,11 @@ pub(crate) async fn load(state: &AppState, id: &EventId) -> Result<EventView, Ap
     recorded.filter(|e| e.left_redis_at.is_some()).map(EventView::from_ledger).ok_or(ApiError::EventNotFound)
 }
 
+crate::problems! {
+    /// A configuration that can no longer change.
+    ConflictProblems { EventConflict }
+}
+
 /// Create or replace an event (admin).
 ///
 /// 201 when created, 200 when the same configuration is put again or a different one
@@ -183,10 +190,8 @@ pub(crate) async fn load(state: &AppState, id: &EventId) -> Result<EventView, Ap
         (status = 201, description = "Created", body = EventView,
          headers(("Location" = String, description = "The event's URL"))),
         (status = 200, description = "Unchanged, or replaced before any sale", body = EventView),
-        (status = 401, description = "Missing or wrong admin token", body = Problem,
-         content_type = "application/problem+json"),
-        (status = 409, description = "`event_conflict`: the event has sales", body = Problem,
-         content_type = "application/problem+json"),
+        AdminProblems,
+        ConflictProblems,
         BodyProblems,
         ServerProblems,
     )
@@ -253,12 +258,9 @@ async fn put(state: &AppState, event_id: String, body: PutEventBody) -> Result<R
     security(()),
     responses(
         (status = 200, description = "The event", body = EventView),
-        (status = 429, description = "`rate_limited`: too many requests from this client address", body = Problem,
-         content_type = "application/problem+json",
-         headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
-        (status = 404, description = "`event_not_found`", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "`invalid_fields`: malformed event id", body = Problem,
-         content_type = "application/problem+json"),
+        ClientProblems,
+        EventProblems,
+        PathProblems,
         ServerProblems,
     )
 )]
@@ -306,8 +308,7 @@ pub struct EventsPage {
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "A page of events", body = EventsPage),
-        (status = 401, description = "Missing or wrong admin token", body = Problem,
-         content_type = "application/problem+json"),
+        AdminProblems,
         QueryProblems,
         ServerProblems,
     )

@@ -8,10 +8,12 @@ use flashsale_shared::{EventId, EventKeys, OrderId};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::error::{ApiError, Mutation, Problem};
+use crate::error::{ApiError, Mutation};
 use crate::extract::Buyer;
 use crate::extract::ClientAllowed;
-use crate::openapi::{BuyerProblems, QueryProblems, ServerProblems};
+use crate::openapi::{
+    AdminProblems, BuyerProblems, InvalidProblems, PathProblems, QueryProblems, ServerProblems,
+};
 use crate::state::AppState;
 
 /// An order as clients see it (the 202 and replay bodies, and order polling).
@@ -73,6 +75,16 @@ impl OrderView {
     }
 }
 
+crate::problems! {
+    /// An order this buyer cannot see.
+    OrderProblems { OrderNotFound }
+}
+
+crate::problems! {
+    /// A ledger listing on a gateway without one.
+    LedgerProblems { LedgerNotConfigured }
+}
+
 /// The `{event_id}/orders/{order_id}` path segments.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Path)]
@@ -97,9 +109,8 @@ pub struct OrderPath {
     responses(
         (status = 200, description = "The order", body = OrderView),
         BuyerProblems,
-        (status = 404, description = "`order_not_found`", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "`invalid_fields`: malformed event id", body = Problem,
-         content_type = "application/problem+json"),
+        OrderProblems,
+        PathProblems,
         ServerProblems,
     )
 )]
@@ -171,12 +182,10 @@ pub struct OrdersPage {
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "A page of orders", body = OrdersPage),
-        (status = 401, description = "Missing or wrong admin token", body = Problem,
-         content_type = "application/problem+json"),
-        (status = 422, description = "`invalid_fields`", body = Problem, content_type = "application/problem+json"),
+        AdminProblems,
+        InvalidProblems,
         QueryProblems,
-        (status = 501, description = "`ledger_not_configured`", body = Problem,
-         content_type = "application/problem+json"),
+        LedgerProblems,
         ServerProblems,
     )
 )]
