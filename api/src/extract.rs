@@ -7,7 +7,7 @@
 //!   rotated), each compared in constant time; with no token configured every admin request
 //!   is refused (and start-up logs a warning), so a forgotten setting never opens them. A
 //!   refused request is one `audit` log line; the handlers log one for each write they carry
-//!   out, naming the token by its fingerprint ([`Admin`]'s `Display`).
+//!   out ([`Admin::audit`]), naming the token by its fingerprint ([`Admin`]'s `Display`).
 //! - [`Buyer`]: who is buying, from a buyer token verified with [`crate::buyer`].
 //! - [`ClientAllowed`]: the client address's rate limit ([`crate::limit`]).
 //!
@@ -110,6 +110,27 @@ impl FromRequestParts<AppState> for Admin {
                 Err(ApiError::Unauthorized)
             }
         }
+    }
+}
+
+impl Admin {
+    /// The one `audit` log line of an admin write: which token (by fingerprint), the action,
+    /// the event (Debug-formatted: a raw path segment may hold anything, a newline included),
+    /// the dead letter when there is one, and the result: what the write did, or the problem's
+    /// status and code.
+    pub fn audit(
+        &self,
+        action: &dyn std::fmt::Debug,
+        event: &str,
+        dead_letter: Option<&str>,
+        result: Result<&dyn std::fmt::Debug, &ApiError>,
+    ) {
+        let result = match result {
+            Ok(done) => format!("{done:?}"),
+            Err(error) => format!("{} {}", error.status().as_u16(), error.code()),
+        };
+        tracing::info!(target: "audit", admin = %self, action = ?action, event = ?event, dead_letter,
+            result, "admin write");
     }
 }
 

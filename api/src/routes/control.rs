@@ -39,11 +39,7 @@ async fn control(
             event::control(&mut conn, id_ref, action, retention).await
         })
         .await;
-    let result = match &outcome {
-        Ok(outcome) => format!("{outcome:?}"),
-        Err(error) => format!("failed: {}", error.code()),
-    };
-    tracing::info!(target: "audit", admin = %admin, action = ?action, event = %id, result, "sale control");
+    admin.audit(&action, id.as_str(), None, outcome.as_ref().map(|o| o as _));
     match outcome? {
         ControlOutcome::NotFound => Err(ApiError::EventNotFound),
         ControlOutcome::EndedAlready => Err(ApiError::SaleNotActive),

@@ -7,6 +7,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use flashsale_shared::EventKeys;
 use flashsale_shared::dead_letter::{self, Action, DeadLetter, Resolution};
+use flashsale_shared::schema::OrderStatus;
 use serde::{Deserialize, Serialize};
 
 use super::EventPath;
@@ -54,7 +55,7 @@ pub struct DeadLetterView {
     order_id: Option<String>,
     /// Its order's status now (`pending` while parked).
     #[schema(value_type = Option<String>)]
-    order_status: Option<flashsale_shared::order::OrderStatus>,
+    order_status: Option<OrderStatus>,
     /// Parked: its order is pending and holds units.
     parked: bool,
     /// The last error, for parked entries.
@@ -63,19 +64,16 @@ pub struct DeadLetterView {
     at_ms: i64,
 }
 
+/// The letter as it is, without its raw `payload` and with `parked`. Destructured in full, so
+/// that a field `DeadLetter` gains is a decision here, not silently left out. (Serializing
+/// `DeadLetter` itself, flattened, would put `payload` in the JSON: `shared` would need to
+/// skip it, which its worker CLI output prints.)
 impl From<DeadLetter> for DeadLetterView {
     fn from(letter: DeadLetter) -> Self {
-        Self {
-            parked: letter.is_parked(),
-            id: letter.id,
-            entry: letter.entry,
-            reason: letter.reason,
-            deliveries: letter.deliveries,
-            order_id: letter.order_id,
-            order_status: letter.order_status,
-            error: letter.error,
-            at_ms: letter.at_ms,
-        }
+        let parked = letter.is_parked();
+        let DeadLetter { id, entry, reason, deliveries, order_id, order_status, payload: _, error, at_ms } =
+            letter;
+        Self { id, entry, reason, deliveries, order_id, order_status, parked, error, at_ms }
     }
 }
 
@@ -159,12 +157,7 @@ async fn resolve(
             dead_letter::resolve(&mut conn, id_ref, &keys, action, entry_ref).await
         })
         .await;
-    let result = match &resolution {
-        Ok(resolution) => format!("{resolution:?}"),
-        Err(error) => format!("failed: {}", error.code()),
-    };
-    tracing::info!(target: "audit", admin = %admin, action = ?action, event = %id, dead_letter = %entry, result,
-        "dead letter resolved");
+    admin.audit(&action, id.as_str(), Some(&entry), resolution.as_ref().map(|r| r as _));
     match resolution? {
         Resolution::NotFound => Err(ApiError::DeadLetterNotFound),
         Resolution::NotPending { status, .. } => Err(ApiError::NotPending { status }),

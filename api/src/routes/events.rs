@@ -203,13 +203,8 @@ pub async fn put_event(
     JsonBody(body): JsonBody<PutEventBody>,
 ) -> Result<Response, ApiError> {
     let answer = put(&state, event_id.clone(), body).await;
-    let result = match &answer {
-        Ok(response) => response.status().as_u16().to_string(),
-        Err(error) => format!("{} {}", error.status().as_u16(), error.code()),
-    };
-    // Debug-formatted: the raw path segment may hold anything, a newline included.
-    tracing::info!(target: "audit", admin = %admin, action = "put_event", event = ?event_id, result,
-        "admin write");
+    let status = answer.as_ref().map(|response| response.status().as_u16());
+    admin.audit(&"put_event", &event_id, None, status.as_ref().map(|s| s as _).map_err(|e| *e));
     answer
 }
 
