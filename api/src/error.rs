@@ -134,7 +134,7 @@ pub struct ProblemSpec {
 }
 
 /// A header a problem carries; its value depends on the occurrence (see
-/// [`ApiError::extra_header`]).
+/// `ApiError::extra_header`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProblemHeader {
     /// The challenge of a 401.

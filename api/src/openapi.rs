@@ -1,7 +1,7 @@
 //! The OpenAPI 3 document, generated from the handlers' `#[utoipa::path]` annotations and
 //! served at `/openapi.json`. Routes and document come from one list in `router.rs`, so an
 //! undocumented route cannot exist; problem responses come from groups of [`ProblemCode`]s
-//! ([`problems!`]), so they cannot disagree with what the gateway answers.
+//! ([`crate::problems!`]), so they cannot disagree with what the gateway answers.
 
 use std::collections::BTreeMap;
 
