@@ -1,6 +1,6 @@
 //! Buyer identity: who is buying, as the merchant vouches for it.
 //!
-//! With `BUYER_AUTH=jwt` the buyer routes take the [`Buyer`] extractor: `Authorization:
+//! With `BUYER_AUTH=jwt` the buyer routes take the [`crate::extract::Buyer`] extractor: `Authorization:
 //! Bearer <JWT>` (RFC 7519), verified with [`jsonwebtoken`] against the configured keys
 //! ([`BuyerKeys`]), and the buyer is the token's `sub`. With `BUYER_AUTH=none` the extractor
 //! yields nothing and the body's `user_id` is trusted (a proxy in front authenticates).
@@ -26,18 +26,14 @@
 
 use std::path::Path;
 
-use axum::extract::FromRequestParts;
-use axum::http::header;
-use axum::http::request::Parts;
 use flashsale_shared::UserId;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::AppState;
 use crate::config::{Config, JwtSecret};
-use crate::error::ApiError;
+use crate::error::TokenError;
 
 /// Clock skew allowed on `exp` and `nbf`, in seconds.
 pub const LEEWAY_SECS: u64 = 30;
@@ -46,58 +42,19 @@ pub const LEEWAY_SECS: u64 = 30;
 /// from making the gateway decode megabytes.
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 
-/// Why a buyer token was refused. The detail tells the client what to fix; it never repeats
-/// the token or its claims.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenError {
-    Missing,
-    Malformed,
-    /// No configured key has this algorithm (`none` included), or this `kid`.
-    UnknownKey,
-    Signature,
-    Expired,
-    NotYetValid,
-    Issuer,
-    Audience,
-    /// `exp` or `sub` (or `iss` / `aud` when required) is absent.
-    MissingClaim,
-    /// `sub` is not a valid user id.
-    Subject,
-}
-
-impl TokenError {
-    pub fn detail(self) -> &'static str {
-        match self {
-            Self::Missing => "no bearer token was sent.",
-            Self::Malformed => {
-                "the token is not a well-formed JWT of an accepted algorithm (alg: none is none)."
-            }
-            Self::UnknownKey => "no configured key has the token's algorithm and key id.",
-            Self::Signature => "the signature does not verify.",
-            Self::Expired => "the token has expired.",
-            Self::NotYetValid => "the token is not valid yet (nbf).",
-            Self::Issuer => "the token's issuer (iss) is not the one configured.",
-            Self::Audience => "the token's audience (aud) is not the one configured.",
-            Self::MissingClaim => {
-                "the token lacks a required claim (exp, sub, and iss or aud where configured)."
-            }
-            Self::Subject => "the token's sub is not a valid user id (1-128 characters of [A-Za-z0-9._:-]).",
+/// Why jsonwebtoken refused a token, as the problem's detail names it.
+fn token_error(error: &jsonwebtoken::errors::Error) -> TokenError {
+    match error.kind() {
+        ErrorKind::InvalidSignature => TokenError::Signature,
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName | ErrorKind::InvalidKeyFormat => {
+            TokenError::UnknownKey
         }
-    }
-
-    fn of(error: &jsonwebtoken::errors::Error) -> Self {
-        match error.kind() {
-            ErrorKind::InvalidSignature => Self::Signature,
-            ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName | ErrorKind::InvalidKeyFormat => {
-                Self::UnknownKey
-            }
-            ErrorKind::ExpiredSignature => Self::Expired,
-            ErrorKind::ImmatureSignature => Self::NotYetValid,
-            ErrorKind::InvalidIssuer => Self::Issuer,
-            ErrorKind::InvalidAudience => Self::Audience,
-            ErrorKind::MissingRequiredClaim(_) => Self::MissingClaim,
-            _ => Self::Malformed,
-        }
+        ErrorKind::ExpiredSignature => TokenError::Expired,
+        ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+        ErrorKind::InvalidIssuer => TokenError::Issuer,
+        ErrorKind::InvalidAudience => TokenError::Audience,
+        ErrorKind::MissingRequiredClaim(_) => TokenError::MissingClaim,
+        _ => TokenError::Malformed,
     }
 }
 
@@ -182,7 +139,7 @@ impl BuyerKeys {
                     let sub = data.claims.sub.ok_or(TokenError::MissingClaim)?;
                     return UserId::parse(sub).map_err(|_| TokenError::Subject);
                 }
-                Err(error) => match TokenError::of(&error) {
+                Err(error) => match token_error(&error) {
                     // The signature was good: the claims are what is wrong, whatever other
                     // keys would say.
                     TokenError::Signature | TokenError::UnknownKey => refused = TokenError::Signature,
@@ -299,25 +256,6 @@ fn pem_keys(text: &str) -> Result<Vec<KeyEntry>, String> {
         return Err("is neither a JWKS nor PEM".into());
     }
     Ok(keys)
-}
-
-/// The buyer a request is for: `Some` with `BUYER_AUTH=jwt` (the verified token's `sub`),
-/// `None` with `BUYER_AUTH=none` (the body says).
-#[derive(Debug)]
-pub struct Buyer(pub Option<UserId>);
-
-impl FromRequestParts<AppState> for Buyer {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let Some(keys) = state.buyer_keys() else { return Ok(Buyer(None)) };
-        let value =
-            parts.headers.get(header::AUTHORIZATION).ok_or(ApiError::InvalidToken(TokenError::Missing))?;
-        let token = crate::auth::bearer_token(value.as_bytes())
-            .and_then(|token| std::str::from_utf8(token).ok())
-            .ok_or(ApiError::InvalidToken(TokenError::Malformed))?;
-        keys.verify(token).map(|user| Buyer(Some(user))).map_err(ApiError::InvalidToken)
-    }
 }
 
 /// What `flashsale-api token` puts in a token.

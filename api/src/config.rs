@@ -12,6 +12,8 @@ use flashsale_shared::config::{LogArgs, RedisArgs};
 
 /// Defaults, each written once: used by the flags below and by [`Config::new`].
 pub const DEFAULT_LISTEN_ADDR: &str = "127.0.0.1:8080";
+/// Request bodies above this size are refused with 413 before they are read.
+pub const BODY_LIMIT: usize = 64 * 1024;
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 3000;
 pub const DEFAULT_BODY_TIMEOUT_MS: u64 = 1000;
 pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 10_000;

@@ -29,14 +29,14 @@ pub fn layer(origins: &CorsOrigins) -> CorsLayer {
             header::AUTHORIZATION,
             header::CONTENT_TYPE,
             HeaderName::from_static("idempotency-key"),
-            crate::REQUEST_ID,
+            crate::observe::REQUEST_ID,
         ])
         .expose_headers([
             header::LOCATION,
             header::RETRY_AFTER,
             header::WWW_AUTHENTICATE,
             HeaderName::from_static("idempotent-replayed"),
-            crate::REQUEST_ID,
+            crate::observe::REQUEST_ID,
         ])
         .max_age(MAX_AGE)
 }

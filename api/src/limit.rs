@@ -32,9 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::HeaderMap;
-use axum::http::request::Parts;
 use flashsale_shared::UserId;
 use governor::clock::{Clock, MonotonicClock};
 use governor::nanos::Nanos;
@@ -42,9 +40,7 @@ use governor::state::StateStore;
 use governor::state::keyed::ShrinkableKeyedStateStore;
 use governor::{Quota, RateLimiter};
 
-use crate::AppState;
 use crate::config::{Config, TrustedProxies};
-use crate::error::ApiError;
 
 /// Shards of a store: enough that two cores rarely contend for one lock.
 const SHARDS: usize = 16;
@@ -53,30 +49,6 @@ const SHARDS: usize = 16;
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
-
-/// Which limit refused a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Limit {
-    Buyer,
-    Client,
-}
-
-impl Limit {
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Buyer => "buyer",
-            Self::Client => "client",
-        }
-    }
-
-    /// For the problem's detail.
-    pub fn whose(self) -> &'static str {
-        match self {
-            Self::Buyer => "for this buyer",
-            Self::Client => "from this client address",
-        }
-    }
-}
 
 /// GCRA states by key, at most `cap` of them, plus the one overflow state.
 #[derive(Debug)]
@@ -280,43 +252,8 @@ pub fn client_key(addr: IpAddr) -> IpAddr {
 }
 
 /// Retry-After of a refusal: whole seconds, at least 1.
-fn retry_after_secs(wait: Duration) -> u64 {
+pub(crate) fn retry_after_secs(wait: Duration) -> u64 {
     u64::try_from(wait.as_nanos().div_ceil(1_000_000_000)).unwrap_or(u64::MAX).max(1)
-}
-
-/// Proof that the request's client address is within its limit (or that the limit is off).
-/// Taken first by every limited route.
-#[derive(Debug)]
-pub struct ClientAllowed;
-
-impl FromRequestParts<AppState> for ClientAllowed {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let limits = state.limits();
-        let Some(limiter) = limits.client() else { return Ok(ClientAllowed) };
-        // Without a peer address (a router served by something other than `serve`) there is
-        // nothing to limit by.
-        let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() else {
-            return Ok(ClientAllowed);
-        };
-        let client = client_key(client_addr(peer.ip(), &parts.headers, limits.trusted()));
-        limiter.check(&client).map(|()| ClientAllowed).map_err(|wait| state.rate_limited(Limit::Client, wait))
-    }
-}
-
-impl AppState {
-    /// Charges one request to `buyer`'s limit (a verified buyer: see [`RateLimits::new`]).
-    pub fn limit_buyer(&self, buyer: &UserId) -> Result<(), ApiError> {
-        let Some(limiter) = self.limits().buyer() else { return Ok(()) };
-        // The lookup borrows; only a new entry clones the id.
-        limiter.check(buyer).map_err(|wait| self.rate_limited(Limit::Buyer, wait))
-    }
-
-    pub(crate) fn rate_limited(&self, limit: Limit, wait: Duration) -> ApiError {
-        self.metrics().rate_limited(limit);
-        ApiError::RateLimited { limit, retry_after_secs: retry_after_secs(wait) }
-    }
 }
 
 #[cfg(test)]

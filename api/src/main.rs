@@ -9,7 +9,7 @@ use std::process::ExitCode;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
-use flashsale_api::Config;
+use flashsale_api::config::Config;
 use flashsale_api::config::{Command, TokenArgs};
 use flashsale_shared::{shutdown, telemetry};
 

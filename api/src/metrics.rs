@@ -1,7 +1,8 @@
 //! The gateway's Prometheus series. Names are a contract for dashboards and alerts.
 //!
-//! - `flashsale_purchases_total{outcome}`: accepted, replayed, sold_out, limit_exceeded,
-//!   sale_not_active, sale_paused, rejected (any other 4xx), error (5xx).
+//! - `flashsale_purchases_total{outcome}`: accepted, replayed, and for a problem its
+//!   [`crate::error::ProblemSpec::outcome`]: sold_out, limit_exceeded, sale_not_active, sale_paused, rejected
+//!   (any other 4xx), error (5xx).
 //! - `flashsale_purchase_duration_seconds`: purchase latency, all outcomes.
 //! - `flashsale_sold_out_local_total`: purchases answered `sold_out` from the local flag.
 //! - `flashsale_http_requests_in_flight`: requests being handled now.
@@ -25,7 +26,7 @@ use axum::http::{Method, StatusCode};
 use flashsale_shared::telemetry::{LATENCY_BUCKETS, Metrics};
 use metrics::{Counter, Gauge, Histogram};
 
-use crate::limit::Limit;
+use crate::error::{Limit, ProblemCode};
 
 pub const PURCHASES_TOTAL: &str = "flashsale_purchases_total";
 pub const PURCHASE_DURATION: &str = "flashsale_purchase_duration_seconds";
@@ -67,10 +68,9 @@ pub struct ApiMetrics {
     pub(crate) in_flight: metrics::Gauge,
     accepted: Counter,
     replayed: Counter,
-    sold_out: Counter,
-    limit_exceeded: Counter,
-    sale_not_active: Counter,
-    sale_paused: Counter,
+    /// By [`ProblemCode`]: the counter of its outcome (codes sharing one share the series).
+    problems: [Counter; ProblemCode::ALL.len()],
+    /// A failure that is not a problem (none should be: `observe` makes every error one).
     rejected: Counter,
     error: Counter,
     purchase_duration: Histogram,
@@ -95,10 +95,7 @@ impl ApiMetrics {
         Self {
             accepted: outcome("accepted"),
             replayed: outcome("replayed"),
-            sold_out: outcome("sold_out"),
-            limit_exceeded: outcome("limit_exceeded"),
-            sale_not_active: outcome("sale_not_active"),
-            sale_paused: outcome("sale_paused"),
+            problems: ProblemCode::ALL.map(|code| outcome(code.spec().outcome)),
             rejected: outcome("rejected"),
             error: outcome("error"),
             purchase_duration: registry.histogram(
@@ -161,14 +158,11 @@ impl ApiMetrics {
         self.registry.run_upkeep();
     }
 
-    pub(crate) fn record_purchase(&self, status: StatusCode, code: Option<&str>, elapsed: Duration) {
+    pub(crate) fn record_purchase(&self, status: StatusCode, code: Option<ProblemCode>, elapsed: Duration) {
         let counter = match (status.as_u16(), code) {
             (202, _) => &self.accepted,
             (200, _) => &self.replayed,
-            (_, Some("sold_out")) => &self.sold_out,
-            (_, Some("limit_exceeded")) => &self.limit_exceeded,
-            (_, Some("sale_not_active")) => &self.sale_not_active,
-            (_, Some("sale_paused")) => &self.sale_paused,
+            (_, Some(code)) => &self.problems[code as usize],
             (s, _) if s >= 500 => &self.error,
             _ => &self.rejected,
         };

@@ -14,15 +14,18 @@ use std::panic::AssertUnwindSafe;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, Method};
+use axum::http::{HeaderName, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
 use tracing::Instrument;
 
-use crate::error::{self, ApiError, ProblemCode, ServerFault};
+use crate::error::{self, ApiError, Mutation, ProblemCode, ServerFault};
 use crate::metrics::PURCHASE_ROUTE;
-use crate::{AppState, REQUEST_ID};
+use crate::state::AppState;
+
+/// The request id header: the client's, or one the gateway made up; echoed on every response.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// A client's `x-request-id` longer than this (or not visible ASCII) is replaced: it goes into
 /// log lines.
@@ -52,7 +55,11 @@ pub async fn every_request(State(state): State<AppState>, request: Request, next
             ApiError::Internal(format!("handler panicked: {}", panic_message(&*panic))).into_response()
         }
         // The handler was cut short: a request that may change state may have reached Redis.
-        Err(_) => ApiError::timeout(!matches!(method, Method::GET | Method::HEAD)).into_response(),
+        Err(_) => {
+            let mutation =
+                if matches!(method, Method::GET | Method::HEAD) { Mutation::Read } else { Mutation::Write };
+            ApiError::timeout(mutation).into_response()
+        }
     };
 
     let elapsed = started.elapsed();
@@ -68,7 +75,7 @@ pub async fn every_request(State(state): State<AppState>, request: Request, next
     span.in_scope(|| tracing::debug!(%status, latency_us = elapsed.as_micros() as u64, "finished"));
     let metrics = state.metrics();
     if method == Method::POST && route == PURCHASE_ROUTE {
-        let code = response.extensions().get::<ProblemCode>().map(|c| c.0);
+        let code = response.extensions().get::<ProblemCode>().copied();
         metrics.record_purchase(status, code, elapsed);
     }
     metrics.record_http(&method, route, status, elapsed);

@@ -1,11 +1,16 @@
 //! The OpenAPI 3 document, generated from the handlers' `#[utoipa::path]` annotations and
-//! served at `/openapi.json`. Routes and document come from one list in [`crate::router`],
-//! so an undocumented route cannot exist.
+//! served at `/openapi.json`. Routes and document come from one list in `router.rs`, so an
+//! undocumented route cannot exist; problem responses come from groups of [`ProblemCode`]s
+//! ([`crate::problems!`]), so they cannot disagree with what the gateway answers.
 
+use std::collections::BTreeMap;
+
+use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::security::{Http, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Object, Ref, RefOr, Response, ResponseBuilder, Type};
 use utoipa::{Modify, OpenApi};
 
-use crate::error::Problem;
+use crate::error::{PROBLEM_JSON, Problem, ProblemCode, ProblemSpec};
 
 #[derive(Debug, OpenApi)]
 #[openapi(
@@ -57,68 +62,108 @@ pub fn buyer_routes_public(openapi: &mut utoipa::openapi::OpenApi) {
     }
 }
 
-/// Problems of the buyer routes: a refused buyer token, a rate limit.
-#[derive(Debug, utoipa::IntoResponses)]
-#[allow(dead_code)] // a documentation type: never constructed
-pub enum BuyerProblems {
-    /// `unauthorized`: no buyer token, or one that is malformed, badly signed, expired, not
-    /// yet valid, or for another issuer or audience (with `BUYER_AUTH=jwt`).
-    #[response(status = 401, content_type = "application/problem+json",
-               headers(("WWW-Authenticate" = String, description = "`Bearer error=\"invalid_token\"`")))]
-    Unauthorized(Problem),
-    /// `rate_limited`: too many requests from this buyer or client address; nothing changed.
-    #[response(status = 429, content_type = "application/problem+json",
-               headers(("Retry-After" = String, description = "Seconds to wait before retrying")))]
-    RateLimited(Problem),
+/// The problem responses of `entries` (a code, and optionally what it means on this route
+/// instead of the table's `when`), one response per status: the codes answering with it, each
+/// with when, the headers the table gives them, and the [`Problem`] schema. Status, codes and
+/// headers come from [`ProblemCode::spec`] only, so the document cannot disagree with what the
+/// gateway answers.
+pub fn problem_responses(entries: &[(ProblemCode, Option<&str>)]) -> BTreeMap<String, RefOr<Response>> {
+    let mut by_status: BTreeMap<u16, Vec<(ProblemSpec, &str)>> = BTreeMap::new();
+    for (code, when) in entries {
+        let spec = code.spec();
+        by_status.entry(spec.status.as_u16()).or_default().push((spec, when.unwrap_or(spec.when)));
+    }
+    by_status
+        .into_iter()
+        .map(|(status, problems)| {
+            let description =
+                problems.iter().map(|(spec, when)| format!("`{}`: {when}", spec.code)).collect::<Vec<_>>();
+            let mut response = ResponseBuilder::new().description(description.join("\n\n")).content(
+                PROBLEM_JSON,
+                ContentBuilder::new().schema(Some(Ref::from_schema_name("Problem"))).build(),
+            );
+            for header in problems.iter().filter_map(|(spec, _)| spec.header) {
+                let doc = HeaderBuilder::new()
+                    .schema(Some(Object::with_type(Type::String)))
+                    .description(Some(header.description()))
+                    .build();
+                response = response.header(header.display_name(), doc);
+            }
+            (status.to_string(), RefOr::T(response.build()))
+        })
+        .collect()
 }
 
-/// Problems any route may answer: Redis unreachable or slow (503, with `Retry-After`), and
-/// the opaque 500 a bug would produce.
-#[derive(Debug, utoipa::IntoResponses)]
-#[allow(dead_code)] // a documentation type: never constructed
-pub enum ServerProblems {
-    /// Redis unreachable or too slow; nothing changed unless `outcome_unknown` is true, and a
-    /// retry of the same request is safe either way.
-    #[response(status = 503, content_type = "application/problem+json",
-               headers(("Retry-After" = String, description = "Seconds to wait before retrying")))]
-    Unavailable(Problem),
-    /// A bug; logged with its context on the server.
-    #[response(status = 500, content_type = "application/problem+json")]
-    Internal(Problem),
+/// Declares a group of problem responses for `#[utoipa::path(responses(...))]`: a type whose
+/// `IntoResponses` is [`problem_responses`] of its codes (`Code` or `Code => "when, here"`).
+/// Groups listed on one route must not share a status (the later one would replace it).
+#[macro_export]
+macro_rules! problems {
+    ($(#[$meta:meta])* $vis:vis $name:ident { $($code:ident $(=> $when:literal)?),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug)]
+        $vis struct $name;
+
+        impl utoipa::IntoResponses for $name {
+            fn responses() -> std::collections::BTreeMap<
+                String,
+                utoipa::openapi::RefOr<utoipa::openapi::response::Response>,
+            > {
+                $crate::openapi::problem_responses(&[$((
+                    $crate::error::ProblemCode::$code,
+                    None::<&str>$(.or(Some($when)))?,
+                )),+])
+            }
+        }
+    };
 }
 
-/// Problems of routes whose path names an event (or one of its entries): a malformed id.
-#[derive(Debug, utoipa::IntoResponses)]
-#[allow(dead_code)] // a documentation type: never constructed
-pub enum PathProblems {
-    /// `invalid_fields`: a path segment is not a valid id (see `invalid_params`).
-    #[response(status = 422, content_type = "application/problem+json")]
-    Invalid(Problem),
+problems! {
+    /// The admin routes' refusal, written once.
+    pub AdminProblems { Unauthorized => "Missing or wrong admin token (`WWW-Authenticate: Bearer`)." }
 }
 
-/// Problems of routes that take a query string: one that cannot be parsed.
-#[derive(Debug, utoipa::IntoResponses)]
-#[allow(dead_code)] // a documentation type: never constructed
-pub enum QueryProblems {
-    /// `bad_request`: the query string is malformed (a repeated or non-numeric `limit`, ...).
-    #[response(status = 400, content_type = "application/problem+json")]
-    BadRequest(Problem),
+problems! {
+    /// Problems of the buyer routes: a refused buyer token, a rate limit.
+    pub BuyerProblems {
+        Unauthorized => "No buyer token, or one that is malformed, badly signed, expired, not yet \
+                         valid, or for another issuer or audience (with `BUYER_AUTH=jwt`).",
+        RateLimited,
+    }
 }
 
-/// Problems of routes that take a JSON body.
-#[derive(Debug, utoipa::IntoResponses)]
-#[allow(dead_code)] // a documentation type: never constructed
-pub enum BodyProblems {
-    /// The body is not JSON, or a header is malformed.
-    #[response(status = 400, content_type = "application/problem+json")]
-    BadRequest(Problem),
-    /// The body is over 64 KiB.
-    #[response(status = 413, content_type = "application/problem+json")]
-    TooLarge(Problem),
-    /// The body is not `application/json`.
-    #[response(status = 415, content_type = "application/problem+json")]
-    UnsupportedMediaType(Problem),
-    /// A field is invalid (`invalid_fields`; see `invalid_params`).
-    #[response(status = 422, content_type = "application/problem+json")]
-    Invalid(Problem),
+problems! {
+    /// The rate limit of public routes without a buyer: per client address.
+    pub ClientProblems { RateLimited => "Too many requests from this client address; nothing was changed." }
+}
+
+problems! {
+    /// Problems any route may answer: Redis unreachable or slow (503, with `Retry-After`), and
+    /// the opaque 500 a bug would produce.
+    pub ServerProblems { Unavailable, Internal }
+}
+
+problems! {
+    /// Problems of routes whose path names an event (or one of its entries): a malformed id.
+    pub PathProblems { InvalidFields => "A path segment is not a valid id (see `invalid_params`)." }
+}
+
+problems! {
+    /// Any field (of the path, the query or the body) that is invalid.
+    pub InvalidProblems { InvalidFields }
+}
+
+problems! {
+    /// Problems of routes that take a query string: one that cannot be parsed.
+    pub QueryProblems { BadRequest }
+}
+
+problems! {
+    /// Problems of routes that take a JSON body (and headers).
+    pub BodyProblems { MalformedJson, InvalidHeader, PayloadTooLarge, UnsupportedMediaType, InvalidFields }
+}
+
+problems! {
+    /// A path naming an event that does not exist.
+    pub EventProblems { EventNotFound }
 }

@@ -17,7 +17,7 @@ use flashsale_shared::connection::{self, Redis, ServerInfo};
 use flashsale_shared::shutdown::Ticker;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{ApiError, Unavailable};
+use crate::error::{ApiError, Mutation, Unavailable};
 
 /// How often the server's role and policy are re-read.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -69,8 +69,8 @@ impl RedisStatus {
             let mut conn = redis.get();
             match tokio::time::timeout(deadline, connection::server_info(&mut conn)).await {
                 Ok(Ok(info)) => self.record(info),
-                Ok(Err(error)) => return Err(ApiError::redis(error, false)),
-                Err(_) => return Err(ApiError::timeout(false)),
+                Ok(Err(error)) => return Err(ApiError::redis(error, Mutation::Read)),
+                Err(_) => return Err(ApiError::timeout(Mutation::Read)),
             }
         }
         self.verdict()

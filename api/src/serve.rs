@@ -40,7 +40,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::Config;
+use crate::config::Config;
 
 /// The bounds of the edge, from [`Config`].
 #[derive(Debug, Clone, Copy)]

@@ -10,10 +10,20 @@ use flashsale_shared::event::{self, ControlAction, ControlOutcome};
 
 use super::EventPath;
 use super::events::EventView;
-use crate::AppState;
-use crate::auth::Admin;
-use crate::error::{ApiError, Problem};
-use crate::openapi::{PathProblems, ServerProblems};
+use crate::error::{ApiError, Mutation};
+use crate::extract::Admin;
+use crate::openapi::{AdminProblems, EventProblems, PathProblems, ServerProblems};
+use crate::state::AppState;
+
+crate::problems! {
+    /// Pause or resume after an end.
+    EndedProblems { SaleNotActive => "The sale was ended." }
+}
+
+crate::problems! {
+    /// Resume of a sale that is not paused.
+    ResumeProblems { NotPaused, SaleNotActive => "The sale was ended." }
+}
 
 async fn control(
     state: AppState,
@@ -25,13 +35,11 @@ async fn control(
     let retention = state.idempotency_retention();
     let id_ref = &id;
     let outcome = state
-        .redis(true, |mut conn| async move { event::control(&mut conn, id_ref, action, retention).await })
+        .redis(Mutation::Write, |mut conn| async move {
+            event::control(&mut conn, id_ref, action, retention).await
+        })
         .await;
-    let result = match &outcome {
-        Ok(outcome) => format!("{outcome:?}"),
-        Err(error) => format!("failed: {}", error.code()),
-    };
-    tracing::info!(target: "audit", admin = %admin, action = ?action, event = %id, result, "sale control");
+    admin.audit(&action, id.as_str(), None, outcome.as_ref().map(|o| o as _));
     match outcome? {
         ControlOutcome::NotFound => Err(ApiError::EventNotFound),
         ControlOutcome::EndedAlready => Err(ApiError::SaleNotActive),
@@ -49,9 +57,9 @@ async fn control(
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "Paused (or already paused): the event, `state: paused`", body = EventView),
-        (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`event_not_found`", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`sale_not_active`: the sale was ended", body = Problem, content_type = "application/problem+json"),
+        AdminProblems,
+        EventProblems,
+        EndedProblems,
         PathProblems,
         ServerProblems,
     ))]
@@ -68,9 +76,9 @@ pub async fn pause(
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "Selling again: the event", body = EventView),
-        (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`event_not_found`", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`not_paused`, or `sale_not_active`: the sale was ended", body = Problem, content_type = "application/problem+json"),
+        AdminProblems,
+        EventProblems,
+        ResumeProblems,
         PathProblems,
         ServerProblems,
     ))]
@@ -88,8 +96,8 @@ pub async fn resume(
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "Ended (or already ended): the event, `state: ended`", body = EventView),
-        (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`event_not_found`", body = Problem, content_type = "application/problem+json"),
+        AdminProblems,
+        EventProblems,
         PathProblems,
         ServerProblems,
     ))]

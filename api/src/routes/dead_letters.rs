@@ -7,13 +7,24 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use flashsale_shared::EventKeys;
 use flashsale_shared::dead_letter::{self, Action, DeadLetter, Resolution};
+use flashsale_shared::schema::OrderStatus;
 use serde::{Deserialize, Serialize};
 
 use super::EventPath;
-use crate::AppState;
-use crate::auth::Admin;
-use crate::error::{ApiError, Problem};
-use crate::openapi::{PathProblems, QueryProblems, ServerProblems};
+use crate::error::{ApiError, Mutation};
+use crate::extract::Admin;
+use crate::openapi::{AdminProblems, InvalidProblems, PathProblems, QueryProblems, ServerProblems};
+use crate::state::AppState;
+
+crate::problems! {
+    /// A dead letter that is not there (any more).
+    DeadLetterProblems { DeadLetterNotFound }
+}
+
+crate::problems! {
+    /// Redrive: no such dead letter, or its order was decided.
+    RedriveProblems { DeadLetterNotFound, OrderNotPending }
+}
 
 /// Most dead letters per page.
 const MAX_PAGE: usize = 500;
@@ -44,7 +55,7 @@ pub struct DeadLetterView {
     order_id: Option<String>,
     /// Its order's status now (`pending` while parked).
     #[schema(value_type = Option<String>)]
-    order_status: Option<flashsale_shared::order::OrderStatus>,
+    order_status: Option<OrderStatus>,
     /// Parked: its order is pending and holds units.
     parked: bool,
     /// The last error, for parked entries.
@@ -53,19 +64,16 @@ pub struct DeadLetterView {
     at_ms: i64,
 }
 
+/// The letter as it is, without its raw `payload` and with `parked`. Destructured in full, so
+/// that a field `DeadLetter` gains is a decision here, not silently left out. (Serializing
+/// `DeadLetter` itself, flattened, would put `payload` in the JSON: `shared` would need to
+/// skip it, which its worker CLI output prints.)
 impl From<DeadLetter> for DeadLetterView {
     fn from(letter: DeadLetter) -> Self {
-        Self {
-            parked: letter.is_parked(),
-            id: letter.id,
-            entry: letter.entry,
-            reason: letter.reason,
-            deliveries: letter.deliveries,
-            order_id: letter.order_id,
-            order_status: letter.order_status,
-            error: letter.error,
-            at_ms: letter.at_ms,
-        }
+        let parked = letter.is_parked();
+        let DeadLetter { id, entry, reason, deliveries, order_id, order_status, payload: _, error, at_ms } =
+            letter;
+        Self { id, entry, reason, deliveries, order_id, order_status, parked, error, at_ms }
     }
 }
 
@@ -98,8 +106,8 @@ fn stream_id(raw: &str) -> Result<&str, ApiError> {
     params(EventPath, PageQuery), security(("admin_token" = [])),
     responses(
         (status = 200, description = "A page of dead letters", body = DeadLetterPage),
-        (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "`invalid_fields`", body = Problem, content_type = "application/problem+json"),
+        AdminProblems,
+        InvalidProblems,
         QueryProblems,
         ServerProblems,
     ))]
@@ -114,7 +122,7 @@ pub async fn list(
     let limit = page.limit.unwrap_or(100).clamp(1, MAX_PAGE);
     let keys = EventKeys::new(&id);
     let letters = state
-        .redis(false, |mut conn| async move {
+        .redis(Mutation::Read, |mut conn| async move {
             dead_letter::list(&mut conn, &keys, cursor.as_deref(), limit).await
         })
         .await?;
@@ -145,16 +153,11 @@ async fn resolve(
     let keys = EventKeys::new(&id);
     let (id_ref, entry_ref) = (&id, entry.as_str());
     let resolution = state
-        .redis(true, |mut conn| async move {
+        .redis(Mutation::Write, |mut conn| async move {
             dead_letter::resolve(&mut conn, id_ref, &keys, action, entry_ref).await
         })
         .await;
-    let result = match &resolution {
-        Ok(resolution) => format!("{resolution:?}"),
-        Err(error) => format!("failed: {}", error.code()),
-    };
-    tracing::info!(target: "audit", admin = %admin, action = ?action, event = %id, dead_letter = %entry, result,
-        "dead letter resolved");
+    admin.audit(&action, id.as_str(), Some(&entry), resolution.as_ref().map(|r| r as _));
     match resolution? {
         Resolution::NotFound => Err(ApiError::DeadLetterNotFound),
         Resolution::NotPending { status, .. } => Err(ApiError::NotPending { status }),
@@ -167,9 +170,8 @@ async fn resolve(
     params(DeadLetterPath), security(("admin_token" = [])),
     responses(
         (status = 200, description = "`{\"outcome\": \"redriven\", \"order_id\", \"entry\"}`", body = Object),
-        (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`dead_letter_not_found`", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`order_not_pending`", body = Problem, content_type = "application/problem+json"),
+        AdminProblems,
+        RedriveProblems,
         PathProblems,
         ServerProblems,
     ))]
@@ -187,8 +189,8 @@ pub async fn redrive(
     params(DeadLetterPath), security(("admin_token" = [])),
     responses(
         (status = 200, description = "`{\"outcome\": \"failed\" | \"removed\", ...}`", body = Object),
-        (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`dead_letter_not_found`", body = Problem, content_type = "application/problem+json"),
+        AdminProblems,
+        DeadLetterProblems,
         PathProblems,
         ServerProblems,
     ))]

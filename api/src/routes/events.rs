@@ -11,12 +11,14 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::EventPath;
-use crate::AppState;
-use crate::auth::Admin;
-use crate::error::{ApiError, Problem};
+use crate::error::{ApiError, Mutation};
+use crate::extract::Admin;
+use crate::extract::ClientAllowed;
 use crate::extract::JsonBody;
-use crate::limit::ClientAllowed;
-use crate::openapi::{BodyProblems, QueryProblems, ServerProblems};
+use crate::openapi::{
+    AdminProblems, BodyProblems, ClientProblems, EventProblems, PathProblems, QueryProblems, ServerProblems,
+};
+use crate::state::AppState;
 
 /// Larger stocks would not be exact in Lua's double-precision numbers.
 const MAX_STOCK: u64 = 1_000_000_000;
@@ -159,12 +161,18 @@ impl EventView {
 
 /// The event from Redis, or from the ledger once it has left Redis.
 pub(crate) async fn load(state: &AppState, id: &EventId) -> Result<EventView, ApiError> {
-    let snapshot = state.redis(false, |mut conn| async move { event::load(&mut conn, id).await }).await?;
+    let snapshot =
+        state.redis(Mutation::Read, |mut conn| async move { event::load(&mut conn, id).await }).await?;
     if let Some(snapshot) = snapshot {
         return Ok(EventView::new(id, snapshot));
     }
     let recorded = state.ledger(|ledger| async move { ledger.event(id).await }).await?.flatten();
     recorded.filter(|e| e.left_redis_at.is_some()).map(EventView::from_ledger).ok_or(ApiError::EventNotFound)
+}
+
+crate::problems! {
+    /// A configuration that can no longer change.
+    ConflictProblems { EventConflict }
 }
 
 /// Create or replace an event (admin).
@@ -182,10 +190,8 @@ pub(crate) async fn load(state: &AppState, id: &EventId) -> Result<EventView, Ap
         (status = 201, description = "Created", body = EventView,
          headers(("Location" = String, description = "The event's URL"))),
         (status = 200, description = "Unchanged, or replaced before any sale", body = EventView),
-        (status = 401, description = "Missing or wrong admin token", body = Problem,
-         content_type = "application/problem+json"),
-        (status = 409, description = "`event_conflict`: the event has sales", body = Problem,
-         content_type = "application/problem+json"),
+        AdminProblems,
+        ConflictProblems,
         BodyProblems,
         ServerProblems,
     )
@@ -197,13 +203,8 @@ pub async fn put_event(
     JsonBody(body): JsonBody<PutEventBody>,
 ) -> Result<Response, ApiError> {
     let answer = put(&state, event_id.clone(), body).await;
-    let result = match &answer {
-        Ok(response) => response.status().as_u16().to_string(),
-        Err(error) => format!("{} {}", error.status().as_u16(), error.code()),
-    };
-    // Debug-formatted: the raw path segment may hold anything, a newline included.
-    tracing::info!(target: "audit", admin = %admin, action = "put_event", event = ?event_id, result,
-        "admin write");
+    let status = answer.as_ref().map(|response| response.status().as_u16());
+    admin.audit(&"put_event", &event_id, None, status.as_ref().map(|s| s as _).map_err(|e| *e));
     answer
 }
 
@@ -223,7 +224,10 @@ async fn put(state: &AppState, event_id: String, body: PutEventBody) -> Result<R
     let retention = state.idempotency_retention();
     let (id_ref, config) = (&id, &config);
     let outcome = state
-        .redis(true, |mut conn| async move { event::put(&mut conn, id_ref, config, retention).await })
+        .redis(
+            Mutation::Write,
+            |mut conn| async move { event::put(&mut conn, id_ref, config, retention).await },
+        )
         .await?;
     let status = match outcome {
         PutOutcome::Created => StatusCode::CREATED,
@@ -249,12 +253,9 @@ async fn put(state: &AppState, event_id: String, body: PutEventBody) -> Result<R
     security(()),
     responses(
         (status = 200, description = "The event", body = EventView),
-        (status = 429, description = "`rate_limited`: too many requests from this client address", body = Problem,
-         content_type = "application/problem+json",
-         headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
-        (status = 404, description = "`event_not_found`", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "`invalid_fields`: malformed event id", body = Problem,
-         content_type = "application/problem+json"),
+        ClientProblems,
+        EventProblems,
+        PathProblems,
         ServerProblems,
     )
 )]
@@ -302,8 +303,7 @@ pub struct EventsPage {
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "A page of events", body = EventsPage),
-        (status = 401, description = "Missing or wrong admin token", body = Problem,
-         content_type = "application/problem+json"),
+        AdminProblems,
         QueryProblems,
         ServerProblems,
     )
@@ -315,11 +315,13 @@ pub async fn list_events(
 ) -> Result<Json<EventsPage>, ApiError> {
     let limit = query.limit.unwrap_or(50).clamp(1, MAX_EVENTS_PAGE);
     let cursor = query.cursor.unwrap_or(0);
-    let (next, ids) =
-        state.redis(false, |mut conn| async move { event::scan(&mut conn, cursor, limit).await }).await?;
+    let (next, ids) = state
+        .redis(Mutation::Read, |mut conn| async move { event::scan(&mut conn, cursor, limit).await })
+        .await?;
     let mut events = Vec::with_capacity(ids.len());
     for id in &ids {
-        let snapshot = state.redis(false, |mut conn| async move { event::load(&mut conn, id).await }).await?;
+        let snapshot =
+            state.redis(Mutation::Read, |mut conn| async move { event::load(&mut conn, id).await }).await?;
         let Some(snapshot) = snapshot else { continue };
         if query.state.is_none_or(|wanted| snapshot.state() == wanted) {
             events.push(EventView::new(id, snapshot));

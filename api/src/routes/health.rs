@@ -7,10 +7,10 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use serde_json::{Value, json};
 
-use crate::AppState;
+use crate::state::AppState;
 use flashsale_shared::connection;
 
-use crate::error::{ApiError, Unavailable};
+use crate::error::{ApiError, Mutation, Unavailable};
 use crate::openapi::ServerProblems;
 
 /// Liveness: the process is up. Never touches Redis.
@@ -32,7 +32,7 @@ pub async fn healthz() -> Json<Value> {
     ))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let info = state
-        .redis(false, |mut conn| async move {
+        .redis(Mutation::Read, |mut conn| async move {
             let info = connection::server_info(&mut conn).await?;
             if info.is_primary() {
                 connection::probe_write(&mut conn).await?;

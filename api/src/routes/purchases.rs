@@ -14,15 +14,20 @@ use serde::Deserialize;
 
 use super::EventPath;
 use super::orders::OrderView;
-use crate::AppState;
-use crate::buyer::Buyer;
-use crate::error::{ApiError, Problem};
+use crate::error::{ApiError, Mutation};
+use crate::extract::Buyer;
+use crate::extract::ClientAllowed;
 use crate::extract::JsonBody;
-use crate::limit::ClientAllowed;
 use crate::openapi::{BodyProblems, BuyerProblems, ServerProblems};
+use crate::state::AppState;
 
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+crate::problems! {
+    /// The sale's own refusals, and a buyer who is not the token's.
+    PurchaseProblems { UserMismatch, EventNotFound, SoldOut, LimitExceeded, SaleNotActive, SalePaused }
+}
 
 /// A purchase request.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -74,11 +79,7 @@ fn one() -> u32 {
          headers(("Idempotent-Replayed" = String, description = "Always `true`"),
                  ("Location" = String, description = "Where to poll the order"))),
         BuyerProblems,
-        (status = 404, description = "`event_not_found`", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`sold_out`, `limit_exceeded` or `sale_not_active`", body = Problem,
-         content_type = "application/problem+json"),
-        (status = 403, description = "`user_mismatch`: `user_id` is not the token's `sub`", body = Problem,
-         content_type = "application/problem+json"),
+        PurchaseProblems,
         BodyProblems,
         ServerProblems,
     )
@@ -123,7 +124,7 @@ pub async fn create(
     state.may_sell().await?;
     let keys = EventKeys::new(&event);
     let outcome = state
-        .redis(true, |mut conn| async move {
+        .redis(Mutation::Write, |mut conn| async move {
             purchase::purchase(&mut conn, &keys, &scope, &user, quantity, OrderId::random()).await
         })
         .await?;

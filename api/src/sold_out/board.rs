@@ -17,7 +17,7 @@ use redis::RedisResult;
 use tokio_util::sync::CancellationToken;
 
 use super::{Flag, Now, answers, retire};
-use crate::Config;
+use crate::config::Config;
 
 /// How long the verdict "too many scopes for a flag" is remembered. Units returning forget it
 /// sooner (the only way `accepted` can change while an event is sold out); the event can

@@ -16,7 +16,7 @@ use crate::tokens::{
 };
 
 /// A gateway taking HS256 tokens signed with [`SECRET`].
-async fn with_secret(adjust: impl FnOnce(&mut flashsale_api::Config)) -> TestApp {
+async fn with_secret(adjust: impl FnOnce(&mut flashsale_api::config::Config)) -> TestApp {
     spawn_app_with(|c| {
         c.buyer_jwt_secret = Some(JwtSecret::parse(SECRET).unwrap());
         adjust(c);

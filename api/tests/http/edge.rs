@@ -163,14 +163,14 @@ async fn a_panicking_handler_is_a_500_problem_and_the_connection_keeps_serving()
     }
     crate::helpers::init_logs();
     // Redis is never reached by these routes (the connection is lazy).
-    let config = flashsale_api::Config::new(RedisArgs::new("redis://127.0.0.1:1").unwrap());
-    let state = flashsale_api::AppState::new(&config).unwrap();
+    let config = flashsale_api::config::Config::new(RedisArgs::new("redis://127.0.0.1:1").unwrap());
+    let state = flashsale_api::state::AppState::new(&config).unwrap();
     let routes = axum::Router::new().route("/bug", get(bug)).route("/ok", get(|| async { "ok" }));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
     let limits = flashsale_api::serve::Limits::new(&config);
-    let app = flashsale_api::observed(routes, state);
+    let app = flashsale_api::router::observed(routes, state);
     tokio::spawn(flashsale_api::serve::serve(listener, app, limits, stop.clone().cancelled_owned()));
     let _stop = stop.drop_guard();
 

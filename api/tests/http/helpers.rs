@@ -37,10 +37,10 @@ pub async fn spawn_app() -> TestApp {
 }
 
 /// Like [`spawn_app`], letting the test adjust the gateway's configuration first.
-pub async fn spawn_app_with(adjust: impl FnOnce(&mut flashsale_api::Config)) -> TestApp {
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut flashsale_api::config::Config)) -> TestApp {
     init_logs();
     let redis = RedisServer::start();
-    let mut config = flashsale_api::Config::new(RedisArgs::new(&redis.url()).expect("valid URL"));
+    let mut config = flashsale_api::config::Config::new(RedisArgs::new(&redis.url()).expect("valid URL"));
     config.admin_token = Some(flashsale_api::config::AdminToken::parse(ADMIN_TOKEN).expect("token"));
     adjust(&mut config);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
