@@ -11,17 +11,28 @@
 //!
 //! # Layout
 //! - [`run`]: starts the loops and the metrics server, stops them on shutdown.
-//! - [`consumer`]: reading (own pending, new, claimed) and finalizing.
+//! - `context`: what the loops share (`Ctx`) and the event streams they follow.
+//! - [`consumer`]: getting entries (own pending, new, claimed), one reader task per event.
+//! - `batch`: one event's batch, top to bottom: read the orders, record them in the ledger,
+//!   confirm them in Redis, report an `ExecutionOutcome`.
+//! - `ledger`: the gate every ledger call goes through (timing, the up/down flag, refusals
+//!   per order); it reads nothing from Redis.
 //! - [`discovery`]: new events are picked up without a restart.
-//! - `maintenance`: gauges and trimming of acknowledged history.
+//! - `fence`: after a Redis restart, nothing sells until the ledger's orders are back.
+//! - `maintenance`: gauges, trimming of acknowledged history, the ledger's migrations, ping
+//!   and drift.
+//! - `failure`: the one failure policy of every loop, for Redis and the ledger alike (count,
+//!   log once, capped backoff).
 //! - [`check`], [`dead_letters`]: the operator commands (books-balance invariant; listing,
 //!   redriving and failing dead letters).
-//! - `failure`: the one failure policy of every loop (count, log once, capped backoff).
 //! - [`metrics`]: the worker's Prometheus series.
+//! - [`config`]: the command line and environment.
 
+mod batch;
 pub mod check;
 pub mod config;
 pub mod consumer;
+mod context;
 pub mod dead_letters;
 pub mod discovery;
 mod failure;
@@ -39,26 +50,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::config::Config;
-use crate::consumer::EventStream;
+use crate::context::Ctx;
+use crate::ledger::LedgerGate;
 use crate::metrics::WorkerMetrics;
-
-/// What the worker's loops share.
-#[derive(Debug)]
-pub(crate) struct Ctx {
-    config: Config,
-    consumer: String,
-    /// The shared multiplexed connection, for every non-blocking command.
-    redis: Redis,
-    /// The system of record: every order is written here before Redis acknowledges it.
-    ledger: flashsale_ledger::Ledger,
-    /// Whether the last ledger call worked: while it does not, nothing new is read or claimed.
-    ledger_up: std::sync::atomic::AtomicBool,
-    /// Events whose configuration this process has written to the ledger (before any order).
-    events_recorded: std::sync::Mutex<std::collections::HashSet<flashsale_shared::EventId>>,
-    metrics: Arc<WorkerMetrics>,
-    streams: watch::Receiver<Arc<Vec<EventStream>>>,
-    stop: CancellationToken,
-}
 
 /// Runs the worker until `shutdown` resolves: then it stops reading, finishes the batch in
 /// hand (a blocking read lasts at most `BLOCK_MS`), and returns. Entries read but not
@@ -80,13 +74,12 @@ pub async fn run(
     let metrics = Arc::new(WorkerMetrics::with_gauge_idle(idle));
     let stop = CancellationToken::new();
     let (streams_tx, streams_rx) = watch::channel(Arc::new(Vec::new()));
+    let crash_after_write = config.failpoint == Some(config::Failpoint::CrashAfterLedgerWrite);
     let ctx = Arc::new(Ctx {
         config,
         consumer: consumer.clone(),
         redis,
-        ledger,
-        ledger_up: std::sync::atomic::AtomicBool::new(false),
-        events_recorded: std::sync::Mutex::new(std::collections::HashSet::new()),
+        ledger: LedgerGate::new(ledger, metrics.clone(), crash_after_write),
         metrics: metrics.clone(),
         streams: streams_rx,
         stop: stop.clone(),
@@ -110,7 +103,7 @@ pub async fn run(
     tasks.spawn(discovery::discovery_loop(ctx.clone(), streams_tx));
     tasks.spawn(maintenance::stats_loop(ctx.clone()));
     tasks.spawn(maintenance::trim_loop(ctx.clone()));
-    tasks.spawn(ledger::ledger_loop(ctx.clone()));
+    tasks.spawn(maintenance::ledger_loop(ctx.clone()));
     tasks.spawn(fence::fence_loop(ctx.clone()));
     let server_stop = stop.clone();
     tasks.spawn(async move {
