@@ -11,13 +11,13 @@
 
 use std::collections::HashMap;
 
-use flashsale_ledger::{Recorded, Status};
+use flashsale_ledger::Recorded;
 use flashsale_shared::connection::Conn;
 use flashsale_shared::dead_letter::PARKED_REASON;
 use flashsale_shared::domain::from_unix_ms;
 use flashsale_shared::order::{self, OrderRecord, OrderStatus};
 use flashsale_shared::stream::{self, Entry, EntryOrder, EntryOutcome, FinalizedEntry, ToFinalize};
-use flashsale_shared::{EventId, OrderId, event};
+use flashsale_shared::{EventId, OrderId, UserId, event};
 use time::OffsetDateTime;
 
 use crate::context::{Ctx, EventStream};
@@ -43,8 +43,8 @@ pub(crate) async fn execute(
 ) -> Result<ExecutionOutcome, Fault> {
     let mut conn = ctx.redis.get();
     record_event_once(ctx, &mut conn, &stream.event).await?;
-    let rows = read_orders(&mut conn, stream, entries).await?;
-    let refused = ctx.ledger.record(&stream.event, &rows).await?;
+    let (rows, mut refused) = read_orders(&mut conn, stream, entries).await?;
+    refused.extend(ctx.ledger.record(&stream.event, &rows).await?);
     let done = confirm(ctx, &mut conn, stream, entries, &refused).await?;
     Ok(report(ctx, stream, &done))
 }
@@ -60,20 +60,22 @@ pub(crate) async fn record_event_once(ctx: &Ctx, conn: &mut Conn, id: &EventId) 
 }
 
 /// The ledger rows of the orders the entries name (one `HMGET` of every order text they
-/// name). Entries that name no order Redis knows get no row: the script dead-letters them.
+/// name). Entries that name no order Redis knows get no row: the script dead-letters them. A
+/// record that cannot be a ledger row (a user id out of the domain, which no script writes)
+/// is refused here, as the ledger would refuse it.
 async fn read_orders(
     conn: &mut Conn,
     stream: &EventStream,
     entries: &[Entry],
-) -> Result<Vec<Recorded>, Fault> {
+) -> Result<(Vec<Recorded>, Vec<Refused>), Fault> {
     let named: Vec<_> = entries.iter().filter_map(|e| e.order.as_text()).collect();
     let named: Vec<&str> = named.iter().map(|text| text.as_ref()).collect();
     let records = order::load_many(conn, &stream.keys, &named).await?;
     let mut records = records.into_iter();
     let now = OffsetDateTime::now_utc();
-    let mut rows = Vec::new();
+    let (mut rows, mut refused) = (Vec::new(), Vec::new());
     for entry in entries {
-        let record = match &entry.order {
+        let (order_id, record) = match &entry.order {
             EntryOrder::Unread => continue,
             EntryOrder::Malformed(_) => {
                 records.next();
@@ -84,27 +86,36 @@ async fn read_orders(
                 None => continue,
             },
         };
-        rows.push(row_of(record, &entry.scope, now));
+        match row_of(order_id, record, &entry.scope, now) {
+            Ok(row) => rows.push(row),
+            Err(refusal) => refused.push(refusal),
+        }
     }
-    Ok(rows)
+    Ok((rows, refused))
 }
 
 /// The ledger's row for an order read from Redis.
-fn row_of((order_id, record): (OrderId, OrderRecord), scope: &str, now: OffsetDateTime) -> Recorded {
-    let status = match record.status {
-        // Pending orders are confirmed by the script right after this write.
-        OrderStatus::Pending | OrderStatus::Confirmed => Status::Confirmed,
-        OrderStatus::Failed => Status::Failed,
-    };
-    Recorded {
-        order_id: order_id.as_uuid(),
-        user_id: record.user_id,
+fn row_of(
+    order_id: OrderId,
+    record: OrderRecord,
+    scope: &str,
+    now: OffsetDateTime,
+) -> Result<Recorded, Refused> {
+    let user_id = UserId::parse(record.user_id).map_err(|invalid| Refused {
+        order_id,
+        reason: format!("the order's record has an invalid {invalid}"),
+    })?;
+    // Pending orders are confirmed by the script right after this write.
+    let status = if record.status == OrderStatus::Pending { OrderStatus::Confirmed } else { record.status };
+    Ok(Recorded {
+        order_id,
+        user_id,
         quantity: record.quantity,
         status,
         created_at: from_unix_ms(record.created_ms),
         finalized_at: record.done_ms.map(from_unix_ms).unwrap_or(now),
         scope: scope.to_owned(),
-    }
+    })
 }
 
 /// Confirms and acknowledges the entries in one script call; each entry naming a refused

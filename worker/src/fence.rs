@@ -13,9 +13,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flashsale_ledger::Status;
 use flashsale_shared::domain::to_unix_ms;
 use flashsale_shared::event::{self, EventConfig, Restore};
+use flashsale_shared::order::OrderStatus;
 use flashsale_shared::{EventId, EventKeys, scripts, stream};
 
 use crate::context::Ctx;
@@ -84,9 +84,8 @@ async fn reconcile(ctx: &Ctx) -> Result<(usize, u64, u64), Fault> {
             starts_at_ms: ms(recorded.starts_at),
             ends_at_ms: ms(recorded.ends_at),
         };
-        let mut after = None;
-        loop {
-            let page = ctx.ledger.reads().page(&id, after, 1000).await?;
+        let mut pages = ctx.ledger.reads().pages(&id);
+        while let Some(page) = pages.next_page().await? {
             for chunk in page.chunks(RESTORE_CHUNK) {
                 let ids: Vec<String> = chunk.iter().map(|o| o.order_id.to_string()).collect();
                 let orders: Vec<Restore<'_>> = chunk
@@ -94,14 +93,14 @@ async fn reconcile(ctx: &Ctx) -> Result<(usize, u64, u64), Fault> {
                     .zip(&ids)
                     .map(|(o, id)| Restore {
                         order_id: id,
-                        confirmed: o.status == Status::Confirmed,
+                        confirmed: o.status == OrderStatus::Confirmed,
                         quantity: o.quantity,
                         created_ms: to_unix_ms(o.created_at),
                         finalized_ms: o
                             .finalized_at
                             .map(to_unix_ms)
                             .unwrap_or_else(|| to_unix_ms(o.created_at)),
-                        user_id: &o.user_id,
+                        user_id: o.user_id.as_str(),
                         scope: &o.scope,
                     })
                     .collect();
@@ -110,10 +109,6 @@ async fn reconcile(ctx: &Ctx) -> Result<(usize, u64, u64), Fault> {
                 restored += r;
                 corrected += c;
             }
-            if page.len() < 1000 {
-                break;
-            }
-            after = page.last().map(|o| o.order_id);
         }
         // An event with no order yet still needs its hash back (created after the snapshot).
         event::restore(&mut conn, &keys, &config, ms(recorded.purge_at), &[]).await?;

@@ -118,7 +118,7 @@ impl LedgerGate {
                     match self.write(event, std::slice::from_ref(row)).await {
                         Ok(()) => {}
                         Err(LedgerError::Refused(reason)) => {
-                            refused.push(Refused { order_id: OrderId::from_uuid(row.order_id), reason });
+                            refused.push(Refused { order_id: row.order_id, reason });
                         }
                         Err(unavailable) => return Err(unavailable),
                     }

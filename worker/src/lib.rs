@@ -23,8 +23,9 @@
 //!   and drift.
 //! - `failure`: the one failure policy of every loop, for Redis and the ledger alike (count,
 //!   log once, capped backoff).
-//! - [`check`], [`dead_letters`]: the operator commands (books-balance invariant; listing,
-//!   redriving and failing dead letters).
+//! - [`check`], [`dead_letters`], [`export`]: the operator commands (books-balance invariant;
+//!   listing, redriving and failing dead letters; the ledger's orders as CSV or JSON lines).
+//! - [`operator`]: what those commands share (their connection, "or exit 2", `migrate`).
 //! - [`metrics`]: the worker's Prometheus series.
 //! - [`config`]: the command line and environment.
 
@@ -35,11 +36,13 @@ pub mod consumer;
 mod context;
 pub mod dead_letters;
 pub mod discovery;
+pub mod export;
 mod failure;
 mod fence;
 mod ledger;
 mod maintenance;
 pub mod metrics;
+pub mod operator;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -126,86 +129,4 @@ pub async fn run(
     }
     tracing::info!("flashsale-worker stopped");
     Ok(())
-}
-
-/// `flashsale-worker migrate`: applies the ledger's migrations and exits (0 on success).
-pub async fn migrate(config: &Config) -> std::process::ExitCode {
-    let applied = async { flashsale_ledger::Ledger::new(&config.ledger)?.migrate().await };
-    match applied.await {
-        Ok(applied) => {
-            println!("{}", serde_json::json!({"migrations_applied": applied}));
-            std::process::ExitCode::SUCCESS
-        }
-        Err(error) => {
-            eprintln!("flashsale-worker migrate: {error}");
-            std::process::ExitCode::from(2)
-        }
-    }
-}
-
-/// `flashsale-worker export --event E --format csv|jsonl`: the event's recorded orders, from
-/// the ledger, a page of 1,000 at a time, on stdout (exit 0), ordered by order id.
-pub async fn export(config: &Config, event: &str, format: config::ExportFormat) -> std::process::ExitCode {
-    use std::io::Write;
-    let event = match flashsale_shared::EventId::parse(event) {
-        Ok(event) => event,
-        Err(error) => {
-            eprintln!("flashsale-worker export: {error}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    let ledger = match flashsale_ledger::Ledger::new(&config.ledger) {
-        Ok(ledger) => ledger,
-        Err(error) => {
-            eprintln!("flashsale-worker export: {error}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    let rfc3339 = |at: time::OffsetDateTime| {
-        at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
-    };
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    if format == config::ExportFormat::Csv {
-        let _ = writeln!(out, "order_id,event_id,user_id,quantity,status,created_at,finalized_at");
-    }
-    let mut after = None;
-    loop {
-        let page = match ledger.page(&event, after, 1000).await {
-            Ok(page) => page,
-            Err(error) => {
-                eprintln!("flashsale-worker export: {error}");
-                return std::process::ExitCode::from(2);
-            }
-        };
-        for order in &page {
-            let finalized = order.finalized_at.map(rfc3339).unwrap_or_default();
-            // Ids are of a restricted charset (no comma, no quote): CSV needs no quoting.
-            let line = match format {
-                config::ExportFormat::Csv => format!(
-                    "{},{},{},{},{},{},{}",
-                    order.order_id,
-                    order.event_id,
-                    order.user_id,
-                    order.quantity,
-                    order.status.as_str(),
-                    rfc3339(order.created_at),
-                    finalized
-                ),
-                config::ExportFormat::Jsonl => serde_json::json!({
-                    "order_id": order.order_id.to_string(), "event_id": order.event_id, "user_id": order.user_id,
-                    "quantity": order.quantity, "status": order.status.as_str(),
-                    "created_at": rfc3339(order.created_at), "finalized_at": order.finalized_at.map(rfc3339),
-                })
-                .to_string(),
-            };
-            if writeln!(out, "{line}").is_err() {
-                return std::process::ExitCode::FAILURE;
-            }
-        }
-        if page.len() < 1000 {
-            break;
-        }
-        after = page.last().map(|o| o.order_id);
-    }
-    if out.flush().is_err() { std::process::ExitCode::FAILURE } else { std::process::ExitCode::SUCCESS }
 }

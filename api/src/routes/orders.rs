@@ -54,11 +54,11 @@ impl OrderView {
 
     /// An order as the ledger recorded it.
     pub fn from_ledger(order: flashsale_ledger::LedgerOrder) -> Self {
-        let confirmed = order.status == flashsale_ledger::Status::Confirmed;
+        let confirmed = order.status == OrderStatus::Confirmed;
         Self {
             order_id: order.order_id.to_string(),
-            event_id: order.event_id,
-            user_id: order.user_id,
+            event_id: order.event_id.to_string(),
+            user_id: order.user_id.to_string(),
             quantity: order.quantity,
             status: if confirmed { OrderStatus::Confirmed } else { OrderStatus::Failed },
             created_at: order.created_at,
@@ -126,14 +126,14 @@ pub async fn get_order(
         return Ok(Json(OrderView::new(&event, order_id, order)));
     }
     // Not in Redis: its event may have left Redis, and the ledger holds every one of its orders.
-    let uuid = order_id.as_uuid();
     let recorded = state
         .ledger(|ledger| {
             let event = event.clone();
-            async move { ledger.order(&event, uuid).await }
+            async move { ledger.order(&event, order_id).await }
         })
         .await?;
-    let order = recorded.flatten().filter(|order| visible(&order.user_id)).ok_or(ApiError::OrderNotFound)?;
+    let order =
+        recorded.flatten().filter(|order| visible(order.user_id.as_str())).ok_or(ApiError::OrderNotFound)?;
     Ok(Json(OrderView::from_ledger(order)))
 }
 
@@ -188,8 +188,8 @@ pub async fn list_orders(
     let event = super::event_id(event_id)?;
     let status = match query.status.as_deref() {
         None => None,
-        Some("confirmed") => Some(flashsale_ledger::Status::Confirmed),
-        Some("failed") => Some(flashsale_ledger::Status::Failed),
+        Some("confirmed") => Some(OrderStatus::Confirmed),
+        Some("failed") => Some(OrderStatus::Failed),
         Some(_) => {
             return Err(ApiError::invalid(flashsale_shared::InvalidField::new(
                 "status",
@@ -199,13 +199,9 @@ pub async fn list_orders(
     };
     let cursor = match query.cursor.as_deref() {
         None => None,
-        Some(text) => Some(
-            OrderId::parse(text)
-                .ok_or_else(|| {
-                    ApiError::invalid(flashsale_shared::InvalidField::new("cursor", "must be an order id"))
-                })?
-                .as_uuid(),
-        ),
+        Some(text) => Some(OrderId::parse(text).ok_or_else(|| {
+            ApiError::invalid(flashsale_shared::InvalidField::new("cursor", "must be an order id"))
+        })?),
     };
     let limit = query.limit.unwrap_or(100).clamp(1, MAX_ORDERS_PAGE);
     let page = state
