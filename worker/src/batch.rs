@@ -173,3 +173,31 @@ fn report(ctx: &Ctx, stream: &EventStream, done: &[FinalizedEntry]) -> Execution
     }
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(status: OrderStatus, user_id: &str) -> OrderRecord {
+        OrderRecord { status, quantity: 2, created_ms: 1_000, done_ms: None, user_id: user_id.into() }
+    }
+
+    #[test]
+    fn a_pending_order_is_recorded_as_confirmed_and_a_failed_one_as_failed() {
+        let (id, now) = (OrderId::random(), OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(5));
+        let row = row_of(id, record(OrderStatus::Pending, "alice"), "alice", now).unwrap();
+        assert_eq!((row.order_id, row.user_id.as_str(), row.status), (id, "alice", OrderStatus::Confirmed));
+        assert_eq!((row.created_at, row.finalized_at), (from_unix_ms(1_000), now));
+        let failed = row_of(id, record(OrderStatus::Failed, "bob"), "", now).unwrap();
+        assert_eq!(failed.status, OrderStatus::Failed);
+    }
+
+    #[test]
+    fn a_record_with_an_invalid_user_id_is_refused_not_written() {
+        let id = OrderId::random();
+        let refused =
+            row_of(id, record(OrderStatus::Pending, "a|b"), "", OffsetDateTime::UNIX_EPOCH).unwrap_err();
+        assert_eq!(refused.order_id, id);
+        assert!(refused.reason.contains("user_id"), "{}", refused.reason);
+    }
+}

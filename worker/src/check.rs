@@ -124,12 +124,17 @@ pub async fn compare(
 
 const COMMAND: &str = "flashsale-worker check";
 
-pub async fn check(config: &crate::Config, event: &str, drained: bool, with_ledger: bool) -> ExitCode {
+pub async fn check(
+    config: &crate::config::Config,
+    event: &str,
+    drained: bool,
+    with_ledger: bool,
+) -> ExitCode {
     exit_code(run(config, event, drained, with_ledger).await)
 }
 
 async fn run(
-    config: &crate::Config,
+    config: &crate::config::Config,
     event: &str,
     drained: bool,
     with_ledger: bool,

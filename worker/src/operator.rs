@@ -31,7 +31,7 @@ pub(crate) async fn connect(redis: &RedisArgs) -> redis::RedisResult<Conn> {
 }
 
 /// `flashsale-worker migrate`: applies the ledger's migrations and exits (0 on success).
-pub async fn migrate(config: &crate::Config) -> ExitCode {
+pub async fn migrate(config: &crate::config::Config) -> ExitCode {
     let applied = async { flashsale_ledger::Ledger::new(&config.ledger)?.migrate().await };
     exit_code(or_exit(applied.await, "flashsale-worker migrate").map(|applied| {
         println!("{}", serde_json::json!({"migrations_applied": applied}));
