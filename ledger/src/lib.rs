@@ -146,15 +146,24 @@ impl Pages<'_> {
     /// The next page; `None` once the walk is over. After an error the same page is asked
     /// for again by the next call.
     pub async fn next_page(&mut self) -> Result<Option<Vec<LedgerOrder>>> {
-        if self.done {
-            return Ok(None);
+        while !self.done {
+            let page = self.ledger.page_read(self.event, self.after, PAGE).await?;
+            // A short page is the last one.
+            self.done = page.rows < PAGE as usize;
+            self.after = page.last.or(self.after);
+            if !page.orders.is_empty() {
+                return Ok(Some(page.orders));
+            }
         }
-        let page = self.ledger.page(self.event, self.after, PAGE).await?;
-        // A short page is the last one.
-        self.done = page.len() < PAGE as usize;
-        self.after = page.last().map(|order| order.order_id).or(self.after);
-        Ok((!page.is_empty()).then_some(page))
+        Ok(None)
     }
+}
+
+/// One page as read: its orders, how many rows it had and the last row's id.
+struct PageRead {
+    orders: Vec<LedgerOrder>,
+    rows: usize,
+    last: Option<OrderId>,
 }
 
 /// An event as the ledger holds it.
@@ -423,6 +432,12 @@ impl Ledger {
         after: Option<OrderId>,
         limit: i64,
     ) -> Result<Vec<LedgerOrder>> {
+        Ok(self.page_read(event, after, limit).await?.orders)
+    }
+
+    /// A page, and how far it went: a row no worker wrote is left out of `orders` but still
+    /// ends the page where it is, so a walk neither stops early nor reads it again.
+    async fn page_read(&self, event: &EventId, after: Option<OrderId>, limit: i64) -> Result<PageRead> {
         let event = event.as_str().to_owned();
         let after = after.map_or(Uuid::nil(), OrderId::as_uuid);
         self.with(|client| async move {
@@ -434,7 +449,11 @@ impl Ledger {
                     &[&event, &after, &limit],
                 )
                 .await?;
-            Ok(rows.iter().filter_map(order_of).collect())
+            Ok(PageRead {
+                rows: rows.len(),
+                last: rows.last().map(|row| OrderId::from_uuid(row.get(0))),
+                orders: rows.iter().filter_map(order_of).collect(),
+            })
         })
         .await
     }
