@@ -10,6 +10,7 @@ use flashsale_shared::connection::Conn;
 use flashsale_shared::order::{self, OrderStatus};
 use flashsale_shared::{EventId, OrderId};
 
+use crate::config::Config;
 use crate::operator::{connect, exit_code, or_exit};
 
 /// Redis and the ledger, order by order.
@@ -124,21 +125,13 @@ pub async fn compare(
 
 const COMMAND: &str = "flashsale-worker check";
 
-pub async fn check(
-    config: &crate::config::Config,
-    event: &str,
-    drained: bool,
-    with_ledger: bool,
-) -> ExitCode {
+/// Exit 0 when the books balance (and, with `--ledger`, Redis and the ledger agree), 1 with
+/// the violations on stdout, 2 when the check could not be made.
+pub async fn check(config: &Config, event: &str, drained: bool, with_ledger: bool) -> ExitCode {
     exit_code(run(config, event, drained, with_ledger).await)
 }
 
-async fn run(
-    config: &crate::config::Config,
-    event: &str,
-    drained: bool,
-    with_ledger: bool,
-) -> Result<ExitCode, ExitCode> {
+async fn run(config: &Config, event: &str, drained: bool, with_ledger: bool) -> Result<ExitCode, ExitCode> {
     let event = or_exit(EventId::parse(event), COMMAND)?;
     let mut conn = or_exit(connect(&config.redis).await, COMMAND)?;
     let comparison = if with_ledger {
