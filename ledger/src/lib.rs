@@ -9,7 +9,9 @@
 //! - [`config`]: `DATABASE_URL` (never logged with its password), pool size, timeouts.
 //! - [`migrate`](Ledger::migrate): the embedded migrations of `ledger/migrations/`, applied
 //!   under an advisory lock by the worker at start-up and by `flashsale-worker migrate`.
-//! - [`Ledger`]: the pool and every query, each bounded by `DATABASE_TIMEOUT_MS`.
+//! - [`Ledger`]: the pool and every query, each bounded by `DATABASE_TIMEOUT_MS`. Rows are
+//!   read into the shared domain types (`OrderId`, `EventId`, `UserId`, `OrderStatus`) here,
+//!   once; a walk over an event's orders is [`Ledger::pages`].
 //! - [`LedgerError`]: the database was unavailable (retry: nothing is lost) or refused the
 //!   data (a poison order: never retried as if the database were down).
 //!
@@ -25,7 +27,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use flashsale_shared::EventId;
+use flashsale_shared::schema::OrderStatus;
+use flashsale_shared::{EventId, OrderId, UserId};
 use time::OffsetDateTime;
 use tokio_postgres::NoTls;
 use uuid::Uuid;
@@ -97,37 +100,15 @@ impl From<deadpool_postgres::PoolError> for LedgerError {
 
 pub type Result<T> = std::result::Result<T, LedgerError>;
 
-/// The final state of an order, as the ledger records it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Confirmed,
-    Failed,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Confirmed => "confirmed",
-            Self::Failed => "failed",
-        }
-    }
-
-    fn parse(text: &str) -> Option<Self> {
-        match text {
-            "confirmed" => Some(Self::Confirmed),
-            "failed" => Some(Self::Failed),
-            _ => None,
-        }
-    }
-}
-
 /// One order as the worker records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recorded {
-    pub order_id: Uuid,
-    pub user_id: String,
+    pub order_id: OrderId,
+    pub user_id: UserId,
     pub quantity: u32,
-    pub status: Status,
+    /// Final: `confirmed` or `failed` (the `orders.status` column holds nothing else, so a
+    /// pending order is refused).
+    pub status: OrderStatus,
     pub created_at: OffsetDateTime,
     pub finalized_at: OffsetDateTime,
     pub scope: String,
@@ -136,14 +117,53 @@ pub struct Recorded {
 /// One order as the ledger holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LedgerOrder {
-    pub order_id: Uuid,
-    pub event_id: String,
-    pub user_id: String,
+    pub order_id: OrderId,
+    pub event_id: EventId,
+    pub user_id: UserId,
     pub quantity: u32,
-    pub status: Status,
+    /// Final: `confirmed` or `failed`.
+    pub status: OrderStatus,
     pub created_at: OffsetDateTime,
     pub finalized_at: Option<OffsetDateTime>,
     pub scope: String,
+}
+
+/// Orders per page of [`Ledger::pages`]: short queries, yet few round trips.
+pub const PAGE: i64 = 1000;
+
+/// A walk over one event's orders by order id, a page of [`PAGE`] at a time, each page its
+/// own short query (a walk during a sale never holds one long one): reconciliation, export and
+/// `check --ledger` all walk this way.
+#[derive(Debug)]
+pub struct Pages<'a> {
+    ledger: &'a Ledger,
+    event: &'a EventId,
+    after: Option<OrderId>,
+    done: bool,
+}
+
+impl Pages<'_> {
+    /// The next page; `None` once the walk is over. After an error the same page is asked
+    /// for again by the next call.
+    pub async fn next_page(&mut self) -> Result<Option<Vec<LedgerOrder>>> {
+        while !self.done {
+            let page = self.ledger.page_read(self.event, self.after, PAGE).await?;
+            // A short page is the last one.
+            self.done = page.rows < PAGE as usize;
+            self.after = page.last.or(self.after);
+            if !page.orders.is_empty() {
+                return Ok(Some(page.orders));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// One page as read: its orders, how many rows it had and the last row's id.
+struct PageRead {
+    orders: Vec<LedgerOrder>,
+    rows: usize,
+    last: Option<OrderId>,
 }
 
 /// An event as the ledger holds it.
@@ -312,7 +332,7 @@ impl Ledger {
         if orders.is_empty() {
             return Ok(0);
         }
-        let ids: Vec<Uuid> = orders.iter().map(|o| o.order_id).collect();
+        let ids: Vec<Uuid> = orders.iter().map(|o| o.order_id.as_uuid()).collect();
         let users: Vec<&str> = orders.iter().map(|o| o.user_id.as_str()).collect();
         let quantities: Vec<i32> =
             orders.iter().map(|o| i32::try_from(o.quantity).unwrap_or(i32::MAX)).collect();
@@ -387,8 +407,8 @@ impl Ledger {
     }
 
     /// The status and quantity of each of these orders the ledger has.
-    pub async fn statuses(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, (Status, u32)>> {
-        let ids = ids.to_vec();
+    pub async fn statuses(&self, ids: &[OrderId]) -> Result<HashMap<OrderId, (OrderStatus, u32)>> {
+        let ids: Vec<Uuid> = ids.iter().map(|id| id.as_uuid()).collect();
         self.with(|client| async move {
             let rows = client
                 .query("select order_id, status, quantity from orders where order_id = any($1)", &[&ids])
@@ -396,8 +416,8 @@ impl Ledger {
             Ok(rows
                 .iter()
                 .filter_map(|row| {
-                    let status = Status::parse(row.get(1))?;
-                    Some((row.get(0), (status, row.get::<_, i32>(2).max(0) as u32)))
+                    let status = final_status(row.get(1))?;
+                    Some((OrderId::from_uuid(row.get(0)), (status, row.get::<_, i32>(2).max(0) as u32)))
                 })
                 .collect())
         })
@@ -406,9 +426,20 @@ impl Ledger {
 
     /// The event's orders after `after` (by order id), at most `limit`: pages for walks that
     /// must not hold one long query (reconciliation, export, rebuilding Redis).
-    pub async fn page(&self, event: &EventId, after: Option<Uuid>, limit: i64) -> Result<Vec<LedgerOrder>> {
+    pub async fn page(
+        &self,
+        event: &EventId,
+        after: Option<OrderId>,
+        limit: i64,
+    ) -> Result<Vec<LedgerOrder>> {
+        Ok(self.page_read(event, after, limit).await?.orders)
+    }
+
+    /// A page, and how far it went: a row no worker wrote is left out of `orders` but still
+    /// ends the page where it is, so a walk neither stops early nor reads it again.
+    async fn page_read(&self, event: &EventId, after: Option<OrderId>, limit: i64) -> Result<PageRead> {
         let event = event.as_str().to_owned();
-        let after = after.unwrap_or(Uuid::nil());
+        let after = after.map_or(Uuid::nil(), OrderId::as_uuid);
         self.with(|client| async move {
             let rows = client
                 .query(
@@ -418,21 +449,30 @@ impl Ledger {
                     &[&event, &after, &limit],
                 )
                 .await?;
-            Ok(rows.iter().filter_map(order_of).collect())
+            Ok(PageRead {
+                rows: rows.len(),
+                last: rows.last().map(|row| OrderId::from_uuid(row.get(0))),
+                orders: rows.iter().filter_map(order_of).collect(),
+            })
         })
         .await
+    }
+
+    /// Every order of the event, a page at a time (see [`Pages`]).
+    pub fn pages<'a>(&'a self, event: &'a EventId) -> Pages<'a> {
+        Pages { ledger: self, event, after: None, done: false }
     }
 
     /// Like [`Ledger::page`], only orders with `status`.
     pub async fn page_with_status(
         &self,
         event: &EventId,
-        status: Status,
-        after: Option<Uuid>,
+        status: OrderStatus,
+        after: Option<OrderId>,
         limit: i64,
     ) -> Result<Vec<LedgerOrder>> {
         let event = event.as_str().to_owned();
-        let after = after.unwrap_or(Uuid::nil());
+        let after = after.map_or(Uuid::nil(), OrderId::as_uuid);
         self.with(|client| async move {
             let rows = client
                 .query(
@@ -448,8 +488,9 @@ impl Ledger {
     }
 
     /// One order of one event (the gateway's read once the event left Redis).
-    pub async fn order(&self, event: &EventId, order_id: Uuid) -> Result<Option<LedgerOrder>> {
+    pub async fn order(&self, event: &EventId, order_id: OrderId) -> Result<Option<LedgerOrder>> {
         let event = event.as_str().to_owned();
+        let order_id = order_id.as_uuid();
         self.with(|client| async move {
             let row = client
                 .query_opt(
@@ -521,15 +562,22 @@ fn event_of(row: &tokio_postgres::Row) -> LedgerEvent {
     }
 }
 
+/// The order of a row, parsed into the domain's types once, here. `None` for a row no worker
+/// wrote (an id or a status out of the domain).
 fn order_of(row: &tokio_postgres::Row) -> Option<LedgerOrder> {
     Some(LedgerOrder {
-        order_id: row.get(0),
-        event_id: row.get(1),
-        user_id: row.get(2),
+        order_id: OrderId::from_uuid(row.get(0)),
+        event_id: EventId::parse(row.get::<_, String>(1)).ok()?,
+        user_id: UserId::parse(row.get::<_, String>(2)).ok()?,
         quantity: row.get::<_, i32>(3).max(0) as u32,
-        status: Status::parse(row.get(4))?,
+        status: final_status(row.get(4))?,
         created_at: row.get(5),
         finalized_at: row.get(6),
         scope: row.get(7),
     })
+}
+
+/// An `orders.status` value: only final statuses are ever recorded.
+fn final_status(text: &str) -> Option<OrderStatus> {
+    OrderStatus::parse(text).filter(|status| status.is_final())
 }

@@ -114,6 +114,11 @@ impl OrderId {
     pub fn as_uuid(self) -> Uuid {
         self.0
     }
+
+    /// An id read back from a store that keeps it as a UUID (the ledger's `orders.order_id`).
+    pub fn from_uuid(uuid: Uuid) -> Self {
+        Self(uuid)
+    }
 }
 
 macro_rules! display_inner {

@@ -8,9 +8,12 @@
 //! `XAUTOCLAIM` do, even while Redis is full). Poison is counted by the finalize script itself,
 //! with a write a full Redis refuses, so no infrastructure fault can make an order look poison.
 
+use std::borrow::Cow;
+
 use redis::aio::ConnectionLike;
 use redis::{RedisResult, Value};
 
+use crate::domain::OrderId;
 use crate::keys::{CONSUMER_GROUP, EventKeys};
 use crate::scripts::{ENSURE_GROUP, FINALIZE, Reply, TRIM, integer, text, unexpected};
 
@@ -23,76 +26,94 @@ pub async fn ensure_group(conn: &mut impl ConnectionLike, keys: &EventKeys) -> R
 }
 
 /// One entry of an order stream: `{order = id, scope = idempotency scope}` as
-/// `lua/purchase.lua` (or an operator's redrive or fail) wrote it.
+/// `lua/purchase.lua` (or an operator's redrive or fail) wrote it, parsed once here.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub id: String,
-    /// `None` when the entry names no order (it cannot be understood).
-    pub order_id: Option<String>,
+    /// The order it names, as far as the worker read it.
+    pub order: EntryOrder,
     /// Empty for entries written before the scope was recorded.
     pub scope: String,
+}
+
+/// What an entry's `order` field says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryOrder {
+    /// An order id, spelled as the gateway writes them (the field of the event's `orders`
+    /// hash).
+    Id(OrderId),
+    /// An `order` field that is no such id (a foreign producer, a hand-made entry): passed to
+    /// the finalize script as it is, which dead-letters it (`unknown_order`).
+    Malformed(String),
+    /// No `order` field, or the entry's fields were not read (it is gone): the finalize script
+    /// reads the entry itself and dead-letters it.
+    Unread,
+}
+
+impl EntryOrder {
+    /// Parses an `order` field. Only the gateway's own spelling (a lower-case hyphenated UUID)
+    /// is an [`EntryOrder::Id`]: any other spelling names no field of the orders hash.
+    fn parse(text: String) -> Self {
+        match OrderId::parse(&text) {
+            Some(id) if id.to_string() == text => Self::Id(id),
+            _ => Self::Malformed(text),
+        }
+    }
+
+    /// The order as the finalize script and the orders hash know it (`None` when unread).
+    pub fn as_text(&self) -> Option<Cow<'_, str>> {
+        match self {
+            Self::Id(id) => Some(Cow::Owned(id.to_string())),
+            Self::Malformed(text) => Some(Cow::Borrowed(text)),
+            Self::Unread => None,
+        }
+    }
 }
 
 impl Entry {
     fn parse(id: &str, fields: &[Value]) -> Self {
         let get = |name: &str| crate::scripts::field(fields, name).and_then(text).map(str::to_owned);
-        Self { id: id.to_owned(), order_id: get("order"), scope: get("scope").unwrap_or_default() }
+        let order = get("order").map_or(EntryOrder::Unread, EntryOrder::parse);
+        Self { id: id.to_owned(), order, scope: get("scope").unwrap_or_default() }
     }
 
     /// An entry known only by its id (its fields are read by the finalize script).
     pub fn unread(id: String) -> Self {
-        Self { id, order_id: None, scope: String::new() }
+        Self { id, order: EntryOrder::Unread, scope: String::new() }
     }
 }
 
-/// Entries delivered from one of the streams a read asked for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Delivered {
-    /// Index of the stream in the slice given to [`read_new`].
-    pub stream: usize,
-    pub entries: Vec<Entry>,
-}
-
-/// Reads up to `count` new entries per stream for `consumer`, blocking up to `block_ms` when
-/// there are none. The one read that counts a delivery. Blocking: call it on a connection of
-/// its own, never the shared multiplexed one.
+/// Reads up to `count` new entries of one event's stream for `consumer`, blocking up to
+/// `block_ms` when there are none. The one read that counts a delivery. Blocking: call it on a
+/// connection of its own, never the shared multiplexed one. One stream per read: a command
+/// spanning two events would be refused by a Redis Cluster (`CROSSSLOT`).
 pub async fn read_new(
     conn: &mut impl ConnectionLike,
-    streams: &[&EventKeys],
+    keys: &EventKeys,
     consumer: &str,
     count: u32,
     block_ms: u64,
-) -> RedisResult<Vec<Delivered>> {
+) -> RedisResult<Vec<Entry>> {
     let mut cmd = redis::cmd("XREADGROUP");
     cmd.arg("GROUP").arg(CONSUMER_GROUP).arg(consumer).arg("COUNT").arg(count);
-    cmd.arg("BLOCK").arg(block_ms).arg("STREAMS");
-    for keys in streams {
-        cmd.arg(&keys.stream);
-    }
-    for _ in streams {
-        cmd.arg(">");
-    }
+    cmd.arg("BLOCK").arg(block_ms).arg("STREAMS").arg(&keys.stream).arg(">");
     let reply: Value = cmd.query_async(conn).await?;
-    Ok(delivered(reply, streams))
+    Ok(delivered(reply, keys))
 }
 
-/// The entries of an XREADGROUP reply, per stream. Parsed by hand: an entry deleted while
-/// pending comes back with nil fields, which typed parsing rejects.
-fn delivered(reply: Value, streams: &[&EventKeys]) -> Vec<Delivered> {
+/// The entries of an XREADGROUP reply. Parsed by hand: an entry deleted while pending comes
+/// back with nil fields, which typed parsing rejects.
+fn delivered(reply: Value, keys: &EventKeys) -> Vec<Entry> {
     let Value::Array(per_stream) = reply else { return Vec::new() };
-    let mut batches = Vec::new();
+    let mut delivered = Vec::new();
     for item in per_stream {
         let Value::Array(pair) = item else { continue };
         let [key, Value::Array(entries)] = pair.as_slice() else { continue };
-        let Some(stream) = text(key).and_then(|k| streams.iter().position(|s| s.stream == k)) else {
-            continue;
-        };
-        let entries: Vec<Entry> = entries.iter().filter_map(entry_of).collect();
-        if !entries.is_empty() {
-            batches.push(Delivered { stream, entries });
+        if text(key) == Some(keys.stream.as_str()) {
+            delivered.extend(entries.iter().filter_map(entry_of));
         }
     }
-    batches
+    delivered
 }
 
 /// `[id, [field, value, ...]]` as XREADGROUP and XRANGE give it (fields may be nil).
@@ -288,18 +309,23 @@ impl FinalizedEntry {
     }
 }
 
-/// One entry to finalize: its id, the order it names if the worker read it, and the error
-/// the ledger gave for that order, if any (which counts as a failed attempt).
+/// One entry to finalize: its id, the order it names if the worker read it, and why the
+/// ledger refused that order, if it did (which counts as a failed attempt).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ToFinalize<'a> {
     pub entry_id: &'a str,
-    pub order_id: Option<&'a str>,
-    pub ledger_error: Option<&'a str>,
+    pub order: &'a EntryOrder,
+    pub refusal: Option<&'a str>,
 }
 
 impl<'a> ToFinalize<'a> {
     pub fn of(entry: &'a Entry) -> Self {
-        Self { entry_id: &entry.id, order_id: entry.order_id.as_deref(), ledger_error: None }
+        Self { entry_id: &entry.id, order: &entry.order, refusal: None }
+    }
+
+    /// An entry known by its id only (the script reads the order from the entry).
+    pub fn by_id(entry_id: &'a str) -> Self {
+        Self { entry_id, order: &EntryOrder::Unread, refusal: None }
     }
 }
 
@@ -325,11 +351,11 @@ pub async fn finalize(
         .arg(max_attempts)
         .arg(entries.len());
     for entry in &entries {
-        invocation.arg(entry.entry_id).arg(entry.order_id.unwrap_or(""));
+        invocation.arg(entry.entry_id).arg(entry.order.as_text().as_deref().unwrap_or(""));
     }
     for (position, entry) in entries.iter().enumerate() {
-        if let Some(error) = entry.ledger_error {
-            invocation.arg(position + 1).arg(error);
+        if let Some(refusal) = entry.refusal {
+            invocation.arg(position + 1).arg(refusal);
         }
     }
     let reply = Reply::new(invocation.invoke_async(conn).await?)?;
@@ -433,6 +459,17 @@ mod tests {
         assert!(parse_outcomes(&reply(vec![Value::Int(1), Value::Int(5), text("skipped")]), 4).is_err());
         assert!(parse_outcomes(&reply(vec![Value::Int(1), Value::Int(0), text("skipped")]), 4).is_err());
         assert!(parse_outcomes(&reply(vec![Value::Int(1), Value::Int(2)]), 4).is_err());
+    }
+
+    #[test]
+    fn only_the_gateways_spelling_of_an_order_id_names_an_order() {
+        let id = OrderId::random();
+        assert_eq!(EntryOrder::parse(id.to_string()), EntryOrder::Id(id));
+        let upper = id.to_string().to_uppercase();
+        assert_eq!(EntryOrder::parse(upper.clone()), EntryOrder::Malformed(upper));
+        assert_eq!(EntryOrder::parse("not-a-uuid".into()), EntryOrder::Malformed("not-a-uuid".into()));
+        assert_eq!(EntryOrder::Malformed("x".into()).as_text().as_deref(), Some("x"));
+        assert_eq!(EntryOrder::Unread.as_text(), None);
     }
 
     #[test]

@@ -5,17 +5,13 @@
 
 use std::process::ExitCode;
 
-use flashsale_shared::EventId;
 use flashsale_shared::audit;
-use flashsale_shared::config::RedisArgs;
 use flashsale_shared::connection::Conn;
+use flashsale_shared::order::{self, OrderStatus};
+use flashsale_shared::{EventId, OrderId};
 
-/// A connection of its own for an operator command (one node or the cluster), with the
-/// configured deadlines (each call of the chunked audit is short, so the ordinary deadline
-/// applies).
-pub(crate) async fn connect(redis: &RedisArgs) -> redis::RedisResult<Conn> {
-    flashsale_shared::connection::Redis::new(redis)?.dedicated(redis.timeout()).await
-}
+use crate::config::Config;
+use crate::operator::{connect, exit_code, or_exit};
 
 /// Redis and the ledger, order by order.
 #[derive(Debug, Default, serde::Serialize)]
@@ -73,8 +69,6 @@ pub async fn compare(
     ledger: &flashsale_ledger::Ledger,
     event: &EventId,
 ) -> Result<LedgerComparison, String> {
-    use flashsale_ledger::Status;
-    use flashsale_shared::order::{self, OrderStatus};
     let keys = flashsale_shared::EventKeys::new(event);
     let mut report = LedgerComparison::default();
     let mut seen = std::collections::HashSet::new();
@@ -83,22 +77,21 @@ pub async fn compare(
         let (next, orders) = order::scan(conn, &keys, cursor).await.map_err(|e| e.to_string())?;
         let mut finals = Vec::new();
         for (id, record) in orders {
-            let (Ok(uuid), Some(record)) = (uuid::Uuid::try_parse(&id), record) else { continue };
-            if record.status != OrderStatus::Pending && seen.insert(uuid) {
-                finals.push((uuid, record.status));
+            let (Some(id), Some(record)) = (OrderId::parse(&id), record) else { continue };
+            if record.status != OrderStatus::Pending && seen.insert(id) {
+                finals.push((id, record.status));
             }
         }
-        let ids: Vec<uuid::Uuid> = finals.iter().map(|(id, _)| *id).collect();
+        let ids: Vec<OrderId> = finals.iter().map(|(id, _)| *id).collect();
         let in_ledger = ledger.statuses(&ids).await.map_err(|e| e.to_string())?;
         for (id, status) in finals {
             report.redis_final += 1;
-            let want = if status == OrderStatus::Confirmed { Status::Confirmed } else { Status::Failed };
             match in_ledger.get(&id) {
                 None => {
                     report.missing_in_ledger += 1;
                     report.example("missing in the ledger", &id.to_string());
                 }
-                Some((got, _)) if *got != want => {
+                Some((got, _)) if *got != status => {
                     report.status_mismatch += 1;
                     report.example("status differs", &id.to_string());
                 }
@@ -110,9 +103,8 @@ pub async fn compare(
         }
         cursor = next;
     }
-    let mut after = None;
-    loop {
-        let page = ledger.page(event, after, 1000).await.map_err(|e| e.to_string())?;
+    let mut pages = ledger.pages(event);
+    while let Some(page) = pages.next_page().await.map_err(|e| e.to_string())? {
         let ids: Vec<String> = page.iter().map(|o| o.order_id.to_string()).collect();
         let named: Vec<&str> = ids.iter().map(String::as_str).collect();
         let records = order::load_many(conn, &keys, &named).await.map_err(|e| e.to_string())?;
@@ -127,49 +119,28 @@ pub async fn compare(
                 Some(_) => {}
             }
         }
-        if page.len() < 1000 {
-            break;
-        }
-        after = page.last().map(|o| o.order_id);
     }
     Ok(report)
 }
 
-pub async fn check(config: &crate::Config, event: &str, drained: bool, with_ledger: bool) -> ExitCode {
-    let redis = &config.redis;
-    let event = match EventId::parse(event) {
-        Ok(event) => event,
-        Err(error) => {
-            eprintln!("flashsale-worker check: {error}");
-            return ExitCode::from(2);
-        }
-    };
-    let mut conn = match connect(redis).await {
-        Ok(conn) => conn,
-        Err(error) => {
-            eprintln!("flashsale-worker check: {error}");
-            return ExitCode::from(2);
-        }
-    };
+const COMMAND: &str = "flashsale-worker check";
+
+/// Exit 0 when the books balance (and, with `--ledger`, Redis and the ledger agree), 1 with
+/// the violations on stdout, 2 when the check could not be made.
+pub async fn check(config: &Config, event: &str, drained: bool, with_ledger: bool) -> ExitCode {
+    exit_code(run(config, event, drained, with_ledger).await)
+}
+
+async fn run(config: &Config, event: &str, drained: bool, with_ledger: bool) -> Result<ExitCode, ExitCode> {
+    let event = or_exit(EventId::parse(event), COMMAND)?;
+    let mut conn = or_exit(connect(&config.redis).await, COMMAND)?;
     let comparison = if with_ledger {
-        let ledger = match flashsale_ledger::Ledger::new(&config.ledger) {
-            Ok(ledger) => ledger,
-            Err(error) => {
-                eprintln!("flashsale-worker check: {error}");
-                return ExitCode::from(2);
-            }
-        };
-        match compare(&mut conn, &ledger, &event).await {
-            Ok(comparison) => Some(comparison),
-            Err(error) => {
-                eprintln!("flashsale-worker check --ledger: {error}");
-                return ExitCode::from(2);
-            }
-        }
+        let ledger = or_exit(flashsale_ledger::Ledger::new(&config.ledger), COMMAND)?;
+        Some(or_exit(compare(&mut conn, &ledger, &event).await, "flashsale-worker check --ledger")?)
     } else {
         None
     };
-    match audit::audit(&mut conn, &event).await {
+    Ok(match audit::audit(&mut conn, &event).await {
         Ok(Some(report)) if !report.consistent => {
             let json = serde_json::json!({"event": event.as_str(), "consistent": false, "books": report,
                 "violations": report.violations(drained)});
@@ -200,5 +171,5 @@ pub async fn check(config: &crate::Config, event: &str, drained: bool, with_ledg
             eprintln!("flashsale-worker check: {error}");
             ExitCode::from(2)
         }
-    }
+    })
 }

@@ -9,67 +9,48 @@ use flashsale_shared::config::RedisArgs;
 use flashsale_shared::dead_letter::{self, Action, Resolution};
 use flashsale_shared::{EventId, EventKeys};
 
-use crate::check::connect;
 use crate::config::DeadLetterCommand;
+use crate::operator::{connect, exit_code, or_exit};
+
+const COMMAND: &str = "flashsale-worker dead-letters";
 
 pub async fn run(redis: &RedisArgs, command: DeadLetterCommand) -> ExitCode {
+    exit_code(resolve(redis, command).await)
+}
+
+async fn resolve(redis: &RedisArgs, command: DeadLetterCommand) -> Result<ExitCode, ExitCode> {
     let (event, action, entry) = match &command {
         DeadLetterCommand::List { event } => (event, None, None),
         DeadLetterCommand::Redrive { event, entry } => (event, Some(Action::Redrive), Some(entry)),
         DeadLetterCommand::Fail { event, entry } => (event, Some(Action::Fail), Some(entry)),
     };
-    let event = match EventId::parse(event.as_str()) {
-        Ok(event) => event,
-        Err(error) => {
-            eprintln!("flashsale-worker dead-letters: {error}");
-            return ExitCode::from(2);
-        }
-    };
+    let event = or_exit(EventId::parse(event.as_str()), COMMAND)?;
     let keys = EventKeys::new(&event);
-    let mut conn = match connect(redis).await {
-        Ok(conn) => conn,
-        Err(error) => {
-            eprintln!("flashsale-worker dead-letters: {error}");
-            return ExitCode::from(2);
-        }
-    };
+    let mut conn = or_exit(connect(redis).await, COMMAND)?;
     let (Some(action), Some(entry)) = (action, entry) else {
         return list(&mut conn, &keys).await;
     };
-    match dead_letter::resolve(&mut conn, &event, &keys, action, entry).await {
-        Ok(resolution) => {
-            let done = !matches!(resolution, Resolution::NotFound | Resolution::NotPending { .. });
-            tracing::info!(target: "audit", event = %event, dead_letter = %entry, ?action, ?resolution,
-                "dead letter resolved by an operator");
-            let json = serde_json::json!({"event": event.as_str(), "dead_letter": entry, "action": action,
-                "result": resolution});
-            println!("{json}");
-            if done { ExitCode::SUCCESS } else { ExitCode::FAILURE }
-        }
-        Err(error) => {
-            eprintln!("flashsale-worker dead-letters: {error}");
-            ExitCode::from(2)
-        }
-    }
+    let resolution = or_exit(dead_letter::resolve(&mut conn, &event, &keys, action, entry).await, COMMAND)?;
+    let done = !matches!(resolution, Resolution::NotFound | Resolution::NotPending { .. });
+    tracing::info!(target: "audit", event = %event, dead_letter = %entry, ?action, ?resolution,
+        "dead letter resolved by an operator");
+    let json = serde_json::json!({"event": event.as_str(), "dead_letter": entry, "action": action,
+        "result": resolution});
+    println!("{json}");
+    Ok(if done { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-async fn list(conn: &mut flashsale_shared::connection::Conn, keys: &EventKeys) -> ExitCode {
+async fn list(conn: &mut flashsale_shared::connection::Conn, keys: &EventKeys) -> Result<ExitCode, ExitCode> {
     let mut after: Option<String> = None;
     loop {
-        let page = match dead_letter::list(conn, keys, after.as_deref(), 500).await {
-            Ok(page) => page,
-            Err(error) => {
-                eprintln!("flashsale-worker dead-letters: {error}");
-                return ExitCode::from(2);
-            }
-        };
+        let page = or_exit(dead_letter::list(conn, keys, after.as_deref(), 500).await, COMMAND)?;
         for letter in &page {
             let mut json = serde_json::to_value(letter).unwrap_or_default();
             json["parked"] = letter.is_parked().into();
             println!("{json}");
         }
         if page.len() < 500 {
-            return ExitCode::SUCCESS;
+            return Ok(ExitCode::SUCCESS);
         }
         after = page.last().map(|l| l.id.clone());
     }

@@ -8,8 +8,7 @@ use flashsale_shared::{EventKeys, event, stream};
 use redis::RedisResult;
 use tokio::sync::watch;
 
-use crate::Ctx;
-use crate::consumer::EventStream;
+use crate::context::{Ctx, EventStream};
 
 pub(crate) async fn discovery_loop(ctx: Arc<Ctx>, streams: watch::Sender<Arc<Vec<EventStream>>>) {
     let mut ticker = Ticker::new(crate::config::ms(ctx.config.discovery_interval_ms), ctx.stop.clone());
@@ -17,7 +16,7 @@ pub(crate) async fn discovery_loop(ctx: Arc<Ctx>, streams: watch::Sender<Arc<Vec
     while ticker.tick().await {
         match discover(&ctx, &streams).await {
             Ok(()) => streak.succeeded(),
-            Err(error) => streak.failed(&ctx, &error).await,
+            Err(error) => streak.failed(&ctx, &error.into()).await,
         }
     }
 }

@@ -1,78 +1,131 @@
-//! The worker's one failure policy, shared by every loop: a failed Redis call is counted in
-//! `flashsale_worker_redis_errors_total`, the first failure of a streak is logged at `warn`
-//! (with what failed and why), the retries of the same streak at `debug`, and the recovery at
-//! `info`, so an outage of an hour is two log lines, not thousands. Work is retried with a
-//! capped exponential backoff; nothing that failed this way is ever counted against an entry.
+//! The worker's one failure policy, shared by every loop and both dependencies: a failed call
+//! is counted (`flashsale_worker_redis_errors_total` for Redis,
+//! `flashsale_ledger_errors_total` for the ledger), the first failure of a streak is logged at
+//! `warn` (with which dependency failed and why), the retries of the same streak at `debug`,
+//! and the recovery at `info`, naming the dependency that works again, so an outage of an hour
+//! is two log lines, not thousands. Work is retried with a capped exponential backoff; nothing
+//! that failed this way is ever counted against an entry.
 
 use std::time::Duration;
 
+use flashsale_ledger::LedgerError;
 use redis::RedisError;
 
-use crate::Ctx;
+use crate::context::Ctx;
 
 /// Longest pause between two retries.
 pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+
+/// What kept a piece of work from being done: one of the worker's two dependencies was
+/// unavailable. Never the work's own fault (that is an entry's failed attempt, counted by the
+/// finalize script), so it is retried for as long as it takes.
+#[derive(Debug)]
+pub(crate) enum Fault {
+    Redis(RedisError),
+    Ledger(LedgerError),
+}
+
+impl From<RedisError> for Fault {
+    fn from(error: RedisError) -> Self {
+        Self::Redis(error)
+    }
+}
+
+impl From<LedgerError> for Fault {
+    fn from(error: LedgerError) -> Self {
+        Self::Ledger(error)
+    }
+}
+
+/// Which dependency a streak is about, for its log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dependency {
+    Redis,
+    Ledger,
+}
+
+impl Dependency {
+    fn of(fault: &Fault) -> Self {
+        match fault {
+            Fault::Redis(_) => Self::Redis,
+            Fault::Ledger(_) => Self::Ledger,
+        }
+    }
+}
 
 /// One loop's failure streak.
 #[derive(Debug)]
 pub(crate) struct Streak {
     what: &'static str,
     failures: u32,
+    /// What the current streak is failing on (`None` outside a streak).
+    failing: Option<Dependency>,
 }
 
 impl Streak {
     pub(crate) fn new(what: &'static str) -> Self {
-        Self { what, failures: 0 }
+        Self { what, failures: 0, failing: None }
     }
 
     /// Records a failed call: counts it, logs it by the policy, repairs what can be repaired
-    /// (a new connection after `READONLY`, the consumer group after `NOGROUP`).
-    pub(crate) async fn failed(&mut self, ctx: &Ctx, error: &RedisError) {
-        self.failures = self.failures.saturating_add(1);
-        ctx.metrics.redis_errors.increment(1);
-        let fault = ctx.redis.observe(error);
-        if self.failures == 1 {
-            tracing::warn!(%error, ?fault, loop_ = self.what, "Redis call failed; retrying until it works");
-        } else {
-            tracing::debug!(%error, ?fault, loop_ = self.what, failures = self.failures, "still failing");
+    /// (a new connection after `READONLY`, the consumer group after `NOGROUP`). A failure of
+    /// the other dependency than the streak's so far starts a new streak (a new `warn`).
+    pub(crate) async fn failed(&mut self, ctx: &Ctx, fault: &Fault) {
+        let dependency = Dependency::of(fault);
+        if self.failing != Some(dependency) {
+            self.succeeded();
+            self.failing = Some(dependency);
         }
-        if error.code() == Some("NOGROUP") {
-            // The group vanished (a Redis that restarted empty, a flush): recreate it.
-            let streams = ctx.streams.borrow().clone();
-            let mut conn = ctx.redis.get();
-            for s in streams.iter() {
-                let _ = flashsale_shared::stream::ensure_group(&mut conn, &s.keys).await;
+        self.failures = self.failures.saturating_add(1);
+        let (what, failures) = (self.what, self.failures);
+        match fault {
+            Fault::Redis(error) => {
+                ctx.metrics.redis_errors.increment(1);
+                let fault = ctx.redis.observe(error);
+                if failures == 1 {
+                    tracing::warn!(%error, ?fault, loop_ = what, "Redis call failed; retrying until it works");
+                } else {
+                    tracing::debug!(%error, ?fault, loop_ = what, failures, "Redis still failing");
+                }
+                if error.code() == Some("NOGROUP") {
+                    // The group vanished (a Redis that restarted empty, a flush): recreate it.
+                    let streams = ctx.streams.borrow().clone();
+                    let mut conn = ctx.redis.get();
+                    for s in streams.iter() {
+                        let _ = flashsale_shared::stream::ensure_group(&mut conn, &s.keys).await;
+                    }
+                }
+            }
+            Fault::Ledger(error) => {
+                ctx.metrics.ledger_errors.increment(1);
+                if failures == 1 {
+                    tracing::warn!(%error, loop_ = what,
+                        "ledger (PostgreSQL) call failed; orders stay pending in Redis, retrying until it works");
+                } else {
+                    tracing::debug!(%error, loop_ = what, failures, "ledger (PostgreSQL) still failing");
+                }
             }
         }
     }
 
-    /// Records a failed ledger call by the same policy (its own counter).
-    pub(crate) fn ledger_failed(&mut self, ctx: &Ctx, why: &str) {
-        self.failures = self.failures.saturating_add(1);
-        ctx.metrics.ledger_errors.increment(1);
-        if self.failures == 1 {
-            tracing::warn!(
-                error = why,
-                loop_ = self.what,
-                "the ledger is unavailable: holding the batch, reading nothing new, retrying"
-            );
-        } else {
-            tracing::debug!(
-                error = why,
-                loop_ = self.what,
-                failures = self.failures,
-                "ledger still unavailable"
-            );
-        }
-    }
-
-    /// Records a call that worked; logs the recovery once after a streak.
+    /// Records a call that worked; logs the recovery once after a streak, naming what works
+    /// again.
     pub(crate) fn succeeded(&mut self) {
-        if self.failures > 0 {
-            tracing::info!(loop_ = self.what, failures = self.failures, "Redis calls work again");
-            self.failures = 0;
+        match self.failing.take() {
+            Some(Dependency::Redis) if self.failures > 0 => {
+                tracing::info!(loop_ = self.what, failures = self.failures, "Redis calls work again");
+            }
+            Some(Dependency::Ledger) if self.failures > 0 => {
+                tracing::info!(
+                    loop_ = self.what,
+                    failures = self.failures,
+                    "the ledger (PostgreSQL) answers again"
+                );
+            }
+            _ => {}
         }
+        self.failures = 0;
     }
 
     /// How long to wait before the next try: doubling from 50 ms, at most [`MAX_BACKOFF`].
@@ -80,12 +133,17 @@ impl Streak {
         backoff(self.failures)
     }
 
-    /// Waits [`Streak::backoff`], or less if the worker is stopping.
-    pub(crate) async fn pause(&self, ctx: &Ctx) {
+    /// Waits [`Streak::backoff`] (at most `cap`), or less if the worker is stopping.
+    pub(crate) async fn pause_at_most(&self, ctx: &Ctx, cap: Duration) {
         tokio::select! {
             () = ctx.stop.cancelled() => {}
-            () = tokio::time::sleep(self.backoff()) => {}
+            () = tokio::time::sleep(self.backoff().min(cap)) => {}
         }
+    }
+
+    /// Waits [`Streak::backoff`], or less if the worker is stopping.
+    pub(crate) async fn pause(&self, ctx: &Ctx) {
+        self.pause_at_most(ctx, MAX_BACKOFF).await;
     }
 }
 

@@ -13,14 +13,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flashsale_ledger::Status;
 use flashsale_shared::domain::to_unix_ms;
 use flashsale_shared::event::{self, EventConfig, Restore};
+use flashsale_shared::order::OrderStatus;
 use flashsale_shared::{EventId, EventKeys, scripts, stream};
 
-use crate::Ctx;
-use crate::failure::Streak;
-use crate::ledger::Blocked;
+use crate::context::Ctx;
+use crate::failure::{Fault, Streak};
 
 /// How often the fence is checked: the longest a restarted Redis waits before reconciliation
 /// starts (one cheap `SCRIPT EXISTS`).
@@ -41,7 +40,7 @@ pub(crate) async fn fence_loop(ctx: Arc<Ctx>) {
             }
             Ok(true) => {}
             Err(error) => {
-                streak.failed(&ctx, &error).await;
+                streak.failed(&ctx, &error.into()).await;
                 continue;
             }
         }
@@ -49,7 +48,7 @@ pub(crate) async fn fence_loop(ctx: Arc<Ctx>) {
         match reconcile(&ctx).await {
             Ok((events, restored, corrected)) => {
                 if let Err(error) = scripts::lift_fence(&mut conn).await {
-                    streak.failed(&ctx, &error).await;
+                    streak.failed(&ctx, &error.into()).await;
                     continue;
                 }
                 streak.succeeded();
@@ -63,19 +62,15 @@ pub(crate) async fn fence_loop(ctx: Arc<Ctx>) {
                     "Redis reconciled with the ledger: sales may resume"
                 );
             }
-            Err(Blocked::Redis(error)) => streak.failed(&ctx, &error).await,
-            Err(Blocked::Ledger(why)) => {
-                // Without the ledger nobody can tell what Redis forgot: stay fenced.
-                streak.ledger_failed(&ctx, &why);
-            }
+            // Without the ledger nobody can tell what Redis forgot: stay fenced.
+            Err(fault) => streak.failed(&ctx, &fault).await,
         }
     }
 }
 
 /// Restores every event that has not left Redis; returns (events, orders restored, corrected).
-async fn reconcile(ctx: &Ctx) -> Result<(usize, u64, u64), Blocked> {
-    let ledger_down = |e: flashsale_ledger::LedgerError| Blocked::Ledger(e.to_string());
-    let events = ctx.ledger.events_in_redis().await.map_err(ledger_down)?;
+async fn reconcile(ctx: &Ctx) -> Result<(usize, u64, u64), Fault> {
+    let events = ctx.ledger.reads().events_in_redis().await?;
     let mut conn = ctx.redis.get();
     let (mut restored, mut corrected) = (0, 0);
     for recorded in &events {
@@ -89,9 +84,8 @@ async fn reconcile(ctx: &Ctx) -> Result<(usize, u64, u64), Blocked> {
             starts_at_ms: ms(recorded.starts_at),
             ends_at_ms: ms(recorded.ends_at),
         };
-        let mut after = None;
-        loop {
-            let page = ctx.ledger.page(&id, after, 1000).await.map_err(ledger_down)?;
+        let mut pages = ctx.ledger.reads().pages(&id);
+        while let Some(page) = pages.next_page().await? {
             for chunk in page.chunks(RESTORE_CHUNK) {
                 let ids: Vec<String> = chunk.iter().map(|o| o.order_id.to_string()).collect();
                 let orders: Vec<Restore<'_>> = chunk
@@ -99,14 +93,14 @@ async fn reconcile(ctx: &Ctx) -> Result<(usize, u64, u64), Blocked> {
                     .zip(&ids)
                     .map(|(o, id)| Restore {
                         order_id: id,
-                        confirmed: o.status == Status::Confirmed,
+                        confirmed: o.status == OrderStatus::Confirmed,
                         quantity: o.quantity,
                         created_ms: to_unix_ms(o.created_at),
                         finalized_ms: o
                             .finalized_at
                             .map(to_unix_ms)
                             .unwrap_or_else(|| to_unix_ms(o.created_at)),
-                        user_id: &o.user_id,
+                        user_id: o.user_id.as_str(),
                         scope: &o.scope,
                     })
                     .collect();
@@ -115,10 +109,6 @@ async fn reconcile(ctx: &Ctx) -> Result<(usize, u64, u64), Blocked> {
                 restored += r;
                 corrected += c;
             }
-            if page.len() < 1000 {
-                break;
-            }
-            after = page.last().map(|o| o.order_id);
         }
         // An event with no order yet still needs its hash back (created after the snapshot).
         event::restore(&mut conn, &keys, &config, ms(recorded.purge_at), &[]).await?;

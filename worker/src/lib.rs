@@ -11,24 +11,38 @@
 //!
 //! # Layout
 //! - [`run`]: starts the loops and the metrics server, stops them on shutdown.
-//! - [`consumer`]: reading (own pending, new, claimed) and finalizing.
+//! - `context`: what the loops share (`Ctx`) and the event streams they follow.
+//! - [`consumer`]: getting entries (own pending, new, claimed), one reader task per event.
+//! - `batch`: one event's batch, top to bottom: read the orders, record them in the ledger,
+//!   confirm them in Redis, report an `ExecutionOutcome`.
+//! - `ledger`: the gate every ledger call goes through (timing, the up/down flag, refusals
+//!   per order); it reads nothing from Redis.
 //! - [`discovery`]: new events are picked up without a restart.
-//! - `maintenance`: gauges and trimming of acknowledged history.
-//! - [`check`], [`dead_letters`]: the operator commands (books-balance invariant; listing,
-//!   redriving and failing dead letters).
-//! - `failure`: the one failure policy of every loop (count, log once, capped backoff).
+//! - `fence`: after a Redis restart, nothing sells until the ledger's orders are back.
+//! - `maintenance`: gauges, trimming of acknowledged history, the ledger's migrations, ping
+//!   and drift.
+//! - `failure`: the one failure policy of every loop, for Redis and the ledger alike (count,
+//!   log once, capped backoff).
+//! - [`check`], [`dead_letters`], [`export`]: the operator commands (books-balance invariant;
+//!   listing, redriving and failing dead letters; the ledger's orders as CSV or JSON lines).
+//! - [`operator`]: what those commands share (their connection, "or exit 2", `migrate`).
 //! - [`metrics`]: the worker's Prometheus series.
+//! - [`config`]: the command line and environment.
 
+mod batch;
 pub mod check;
 pub mod config;
 pub mod consumer;
+mod context;
 pub mod dead_letters;
 pub mod discovery;
+pub mod export;
 mod failure;
 mod fence;
 mod ledger;
 mod maintenance;
 pub mod metrics;
+pub mod operator;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -39,26 +53,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::config::Config;
-use crate::consumer::EventStream;
+use crate::context::Ctx;
+use crate::ledger::LedgerGate;
 use crate::metrics::WorkerMetrics;
-
-/// What the worker's loops share.
-#[derive(Debug)]
-pub(crate) struct Ctx {
-    config: Config,
-    consumer: String,
-    /// The shared multiplexed connection, for every non-blocking command.
-    redis: Redis,
-    /// The system of record: every order is written here before Redis acknowledges it.
-    ledger: flashsale_ledger::Ledger,
-    /// Whether the last ledger call worked: while it does not, nothing new is read or claimed.
-    ledger_up: std::sync::atomic::AtomicBool,
-    /// Events whose configuration this process has written to the ledger (before any order).
-    events_recorded: std::sync::Mutex<std::collections::HashSet<flashsale_shared::EventId>>,
-    metrics: Arc<WorkerMetrics>,
-    streams: watch::Receiver<Arc<Vec<EventStream>>>,
-    stop: CancellationToken,
-}
 
 /// Runs the worker until `shutdown` resolves: then it stops reading, finishes the batch in
 /// hand (a blocking read lasts at most `BLOCK_MS`), and returns. Entries read but not
@@ -80,13 +77,12 @@ pub async fn run(
     let metrics = Arc::new(WorkerMetrics::with_gauge_idle(idle));
     let stop = CancellationToken::new();
     let (streams_tx, streams_rx) = watch::channel(Arc::new(Vec::new()));
+    let crash_after_write = config.failpoint == Some(config::Failpoint::CrashAfterLedgerWrite);
     let ctx = Arc::new(Ctx {
         config,
         consumer: consumer.clone(),
         redis,
-        ledger,
-        ledger_up: std::sync::atomic::AtomicBool::new(false),
-        events_recorded: std::sync::Mutex::new(std::collections::HashSet::new()),
+        ledger: LedgerGate::new(ledger, metrics.clone(), crash_after_write),
         metrics: metrics.clone(),
         streams: streams_rx,
         stop: stop.clone(),
@@ -110,7 +106,7 @@ pub async fn run(
     tasks.spawn(discovery::discovery_loop(ctx.clone(), streams_tx));
     tasks.spawn(maintenance::stats_loop(ctx.clone()));
     tasks.spawn(maintenance::trim_loop(ctx.clone()));
-    tasks.spawn(ledger::ledger_loop(ctx.clone()));
+    tasks.spawn(maintenance::ledger_loop(ctx.clone()));
     tasks.spawn(fence::fence_loop(ctx.clone()));
     let server_stop = stop.clone();
     tasks.spawn(async move {
@@ -133,86 +129,4 @@ pub async fn run(
     }
     tracing::info!("flashsale-worker stopped");
     Ok(())
-}
-
-/// `flashsale-worker migrate`: applies the ledger's migrations and exits (0 on success).
-pub async fn migrate(config: &Config) -> std::process::ExitCode {
-    let applied = async { flashsale_ledger::Ledger::new(&config.ledger)?.migrate().await };
-    match applied.await {
-        Ok(applied) => {
-            println!("{}", serde_json::json!({"migrations_applied": applied}));
-            std::process::ExitCode::SUCCESS
-        }
-        Err(error) => {
-            eprintln!("flashsale-worker migrate: {error}");
-            std::process::ExitCode::from(2)
-        }
-    }
-}
-
-/// `flashsale-worker export --event E --format csv|jsonl`: the event's recorded orders, from
-/// the ledger, a page of 1,000 at a time, on stdout (exit 0), ordered by order id.
-pub async fn export(config: &Config, event: &str, format: config::ExportFormat) -> std::process::ExitCode {
-    use std::io::Write;
-    let event = match flashsale_shared::EventId::parse(event) {
-        Ok(event) => event,
-        Err(error) => {
-            eprintln!("flashsale-worker export: {error}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    let ledger = match flashsale_ledger::Ledger::new(&config.ledger) {
-        Ok(ledger) => ledger,
-        Err(error) => {
-            eprintln!("flashsale-worker export: {error}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    let rfc3339 = |at: time::OffsetDateTime| {
-        at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
-    };
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    if format == config::ExportFormat::Csv {
-        let _ = writeln!(out, "order_id,event_id,user_id,quantity,status,created_at,finalized_at");
-    }
-    let mut after = None;
-    loop {
-        let page = match ledger.page(&event, after, 1000).await {
-            Ok(page) => page,
-            Err(error) => {
-                eprintln!("flashsale-worker export: {error}");
-                return std::process::ExitCode::from(2);
-            }
-        };
-        for order in &page {
-            let finalized = order.finalized_at.map(rfc3339).unwrap_or_default();
-            // Ids are of a restricted charset (no comma, no quote): CSV needs no quoting.
-            let line = match format {
-                config::ExportFormat::Csv => format!(
-                    "{},{},{},{},{},{},{}",
-                    order.order_id,
-                    order.event_id,
-                    order.user_id,
-                    order.quantity,
-                    order.status.as_str(),
-                    rfc3339(order.created_at),
-                    finalized
-                ),
-                config::ExportFormat::Jsonl => serde_json::json!({
-                    "order_id": order.order_id.to_string(), "event_id": order.event_id, "user_id": order.user_id,
-                    "quantity": order.quantity, "status": order.status.as_str(),
-                    "created_at": rfc3339(order.created_at), "finalized_at": order.finalized_at.map(rfc3339),
-                })
-                .to_string(),
-            };
-            if writeln!(out, "{line}").is_err() {
-                return std::process::ExitCode::FAILURE;
-            }
-        }
-        if page.len() < 1000 {
-            break;
-        }
-        after = page.last().map(|o| o.order_id);
-    }
-    if out.flush().is_err() { std::process::ExitCode::FAILURE } else { std::process::ExitCode::SUCCESS }
 }

@@ -10,6 +10,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::Parser;
 use flashsale_shared::{shutdown, telemetry};
 use flashsale_worker::config::{Cli, Command};
+use flashsale_worker::operator::or_exit;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -20,16 +21,15 @@ async fn main() -> ExitCode {
         Command::Run => telemetry::init_tracing(&config.log),
         _ => telemetry::init_tracing_stderr(&config.log),
     };
-    if let Err(error) = logs {
-        eprintln!("flashsale-worker: {error}");
-        return ExitCode::from(2);
+    if let Err(code) = or_exit(logs, "flashsale-worker") {
+        return code;
     }
     match command {
         Command::Check { event, drained, ledger } => {
             flashsale_worker::check::check(&config, &event, drained, ledger).await
         }
-        Command::Migrate => flashsale_worker::migrate(&config).await,
-        Command::Export { event, format } => flashsale_worker::export(&config, &event, format).await,
+        Command::Migrate => flashsale_worker::operator::migrate(&config).await,
+        Command::Export { event, format } => flashsale_worker::export::export(&config, &event, format).await,
         Command::DeadLetters { command } => flashsale_worker::dead_letters::run(&config.redis, command).await,
         Command::Run => {
             let listener = match tokio::net::TcpListener::bind(config.metrics_addr).await {

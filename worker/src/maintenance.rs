@@ -1,13 +1,15 @@
-//! Background upkeep: gauges of every stream and event, trimming acknowledged history, and
-//! purging the idempotency entries and user totals of events past their retention.
+//! Background upkeep: gauges of every stream and event, trimming acknowledged history,
+//! purging the idempotency entries and user totals of events past their retention, and the
+//! ledger's own loop (migrations, a ping, each event's drift between Redis and the ledger).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use flashsale_shared::{event, stream};
 use redis::RedisResult;
 
-use crate::Ctx;
-use crate::failure::Streak;
+use crate::context::{Ctx, EventStream};
+use crate::failure::{Fault, Streak};
 
 pub(crate) async fn stats_loop(ctx: Arc<Ctx>) {
     let mut ticker = flashsale_shared::shutdown::Ticker::new(
@@ -18,7 +20,7 @@ pub(crate) async fn stats_loop(ctx: Arc<Ctx>) {
     while ticker.tick().await {
         match refresh_gauges(&ctx).await {
             Ok(()) => streak.succeeded(),
-            Err(error) => streak.failed(&ctx, &error).await,
+            Err(error) => streak.failed(&ctx, &error.into()).await,
         }
         ctx.metrics.run_upkeep();
     }
@@ -62,7 +64,7 @@ pub(crate) async fn trim_loop(ctx: Arc<Ctx>) {
     while ticker.tick().await {
         match upkeep(&ctx).await {
             Ok(()) => streak.succeeded(),
-            Err(error) => streak.failed(&ctx, &error).await,
+            Err(error) => streak.failed(&ctx, &error.into()).await,
         }
     }
 }
@@ -91,7 +93,7 @@ async fn leave_redis(
     conn: &mut flashsale_shared::connection::Conn,
     id: &flashsale_shared::EventId,
 ) -> RedisResult<()> {
-    let ledger_orders = match ctx.ledger.count_orders(id).await {
+    let ledger_orders = match ctx.ledger.reads().count_orders(id).await {
         Ok(count) => count,
         // The ledger is down: the event simply stays until it answers.
         Err(_) => return Ok(()),
@@ -100,12 +102,67 @@ async fn leave_redis(
         event::Removal::Removed => {
             ctx.metrics.events_removed.increment(1);
             ctx.metrics.forget_event(id);
-            if let Err(error) = ctx.ledger.mark_left_redis(id).await {
+            if let Err(error) = ctx.ledger.reads().mark_left_redis(id).await {
                 tracing::warn!(%error, event = %id, "could not note in the ledger that the event left Redis");
             }
             tracing::info!(event = %id, ledger_orders, "sale over and recorded: the event left Redis");
         }
         event::Removal::Kept(why) => tracing::debug!(event = %id, why, "the event stays in Redis for now"),
     }
+    Ok(())
+}
+
+/// How often the ledger loop pings, records new events and measures drift.
+const LEDGER_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Applies the migrations (retrying until the database answers), then every
+/// [`LEDGER_INTERVAL`]: pings the database, records events it has not seen, and sets each
+/// event's drift (Redis's confirmed units minus the ledger's).
+pub(crate) async fn ledger_loop(ctx: Arc<Ctx>) {
+    let mut streak = Streak::new("ledger");
+    loop {
+        match ctx.ledger.migrate().await {
+            Ok(_) => {
+                streak.succeeded();
+                break;
+            }
+            Err(error) => {
+                streak.failed(&ctx, &error.into()).await;
+                streak.pause(&ctx).await;
+                if ctx.stop.is_cancelled() {
+                    return;
+                }
+            }
+        }
+    }
+    let mut ticker = flashsale_shared::shutdown::Ticker::new(LEDGER_INTERVAL, ctx.stop.clone());
+    let mut drift_streak = Streak::new("ledger drift");
+    while ticker.tick().await {
+        if let Err(error) = ctx.ledger.ping().await {
+            streak.failed(&ctx, &error.into()).await;
+            continue;
+        }
+        streak.succeeded();
+        let streams = ctx.streams.borrow().clone();
+        for s in streams.iter() {
+            match drift(&ctx, s).await {
+                Ok(()) => drift_streak.succeeded(),
+                Err(fault @ Fault::Redis(_)) => drift_streak.failed(&ctx, &fault).await,
+                // The ledger's failures stay in the ledger's streak: one warning per outage.
+                Err(fault @ Fault::Ledger(_)) => streak.failed(&ctx, &fault).await,
+            }
+        }
+    }
+}
+
+/// Sets the event's drift gauge: Redis's confirmed units minus the ledger's.
+async fn drift(ctx: &Ctx, s: &EventStream) -> Result<(), Fault> {
+    let mut conn = ctx.redis.get();
+    crate::batch::record_event_once(ctx, &mut conn, &s.event).await?;
+    // Redis first: a batch confirmed between the two reads makes the drift briefly negative,
+    // never falsely positive.
+    let Some(units) = event::units(&mut conn, &s.keys).await? else { return Ok(()) };
+    let ledger = ctx.ledger.reads().confirmed_units(&s.event).await?;
+    ctx.metrics.event(&s.event).drift.set(units.confirmed as f64 - ledger as f64);
     Ok(())
 }

@@ -57,11 +57,11 @@ impl OrderView {
 
     /// An order as the ledger recorded it.
     pub fn from_ledger(order: flashsale_ledger::LedgerOrder) -> Self {
-        let status = OrderStatus::parse(order.status.as_str()).unwrap_or(OrderStatus::Failed);
+        let status = order.status;
         Self {
             order_id: order.order_id.to_string(),
-            event_id: order.event_id,
-            user_id: order.user_id,
+            event_id: order.event_id.to_string(),
+            user_id: order.user_id.to_string(),
             quantity: order.quantity,
             status,
             created_at: order.created_at,
@@ -139,14 +139,14 @@ pub async fn get_order(
         return Ok(Json(OrderView::new(&event, order_id, order)));
     }
     // Not in Redis: its event may have left Redis, and the ledger holds every one of its orders.
-    let uuid = order_id.as_uuid();
     let recorded = state
         .ledger(|ledger| {
             let event = event.clone();
-            async move { ledger.order(&event, uuid).await }
+            async move { ledger.order(&event, order_id).await }
         })
         .await?;
-    let order = recorded.flatten().filter(|order| visible(&order.user_id)).ok_or(ApiError::OrderNotFound)?;
+    let order =
+        recorded.flatten().filter(|order| visible(order.user_id.as_str())).ok_or(ApiError::OrderNotFound)?;
     Ok(Json(OrderView::from_ledger(order)))
 }
 
@@ -199,19 +199,16 @@ pub async fn list_orders(
     let event = super::event_id(event_id)?;
     let status = match query.status.as_deref() {
         None => None,
-        Some(text) => Some(OrderStatus::parse(text).and_then(ledger_status).ok_or_else(|| {
+        // The ledger holds decided orders only: a pending one is never a filter that matches.
+        Some(text) => Some(OrderStatus::parse(text).filter(|status| status.is_final()).ok_or_else(|| {
             ApiError::invalid(flashsale_shared::InvalidField::new("status", "must be confirmed or failed"))
         })?),
     };
     let cursor = match query.cursor.as_deref() {
         None => None,
-        Some(text) => Some(
-            OrderId::parse(text)
-                .ok_or_else(|| {
-                    ApiError::invalid(flashsale_shared::InvalidField::new("cursor", "must be an order id"))
-                })?
-                .as_uuid(),
-        ),
+        Some(text) => Some(OrderId::parse(text).ok_or_else(|| {
+            ApiError::invalid(flashsale_shared::InvalidField::new("cursor", "must be an order id"))
+        })?),
     };
     let limit = query.limit.unwrap_or(100).clamp(1, MAX_ORDERS_PAGE);
     let page = state
@@ -229,14 +226,4 @@ pub async fn list_orders(
     let next_cursor =
         (page.len() as i64 == limit).then(|| page.last().map(|o| o.order_id.to_string())).flatten();
     Ok(Json(OrdersPage { orders: page.into_iter().map(OrderView::from_ledger).collect(), next_cursor }))
-}
-
-/// The ledger's spelling of a status: `None` for `pending`, as the ledger holds finalized
-/// orders only. Temporary: the ledger is moving to [`OrderStatus`] itself, and then this goes.
-fn ledger_status(status: OrderStatus) -> Option<flashsale_ledger::Status> {
-    match status {
-        OrderStatus::Confirmed => Some(flashsale_ledger::Status::Confirmed),
-        OrderStatus::Failed => Some(flashsale_ledger::Status::Failed),
-        OrderStatus::Pending => None,
-    }
 }

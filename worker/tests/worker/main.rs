@@ -66,7 +66,7 @@ async fn create_event(conn: &mut MultiplexedConnection, id: &str, stock: u64) ->
 
 /// Entries to finalize known by id only (the script reads them), as for own pending ones.
 fn by_id(ids: &[String]) -> Vec<stream::ToFinalize<'_>> {
-    ids.iter().map(|id| stream::ToFinalize { entry_id: id, order_id: None, ledger_error: None }).collect()
+    ids.iter().map(|id| stream::ToFinalize::by_id(id)).collect()
 }
 
 /// Delivers up to `count` new entries to `consumer` (as a worker's read would) and returns

@@ -1,0 +1,203 @@
+//! One event's batch of stream entries, top to bottom ([`execute`]): read the orders'
+//! records from Redis (one `HMGET`), record them in the ledger (one statement, committed),
+//! confirm and acknowledge them in Redis (one `lua/finalize.lua` call), and report what
+//! happened as an [`ExecutionOutcome`]. Whoever got the entries (`consumer`: own pending, new
+//! or claimed) hands them here.
+//!
+//! A crash between the commit and the acknowledgement means a redelivery whose write changes
+//! nothing. The database being down is never held against an order: the batch stays in hand,
+//! uncounted, until it can be written ([`Fault`]). An order the ledger refuses is that entry's
+//! failed attempt, counted by the script.
+
+use std::collections::HashMap;
+
+use flashsale_ledger::Recorded;
+use flashsale_shared::connection::Conn;
+use flashsale_shared::dead_letter::PARKED_REASON;
+use flashsale_shared::domain::from_unix_ms;
+use flashsale_shared::order::{self, OrderRecord, OrderStatus};
+use flashsale_shared::stream::{self, Entry, EntryOrder, EntryOutcome, FinalizedEntry, ToFinalize};
+use flashsale_shared::{EventId, OrderId, UserId, event};
+use time::OffsetDateTime;
+
+use crate::context::{Ctx, EventStream};
+use crate::failure::Fault;
+use crate::ledger::Refused;
+
+/// What a batch left to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ExecutionOutcome {
+    /// Every entry is done (confirmed, already final, or dead-lettered).
+    AllDone,
+    /// Some entries failed in the script and stay pending for another attempt.
+    SomeRetry,
+}
+
+/// Records the entries' orders in the ledger, then finalizes them in Redis, and reports what
+/// happened. An error is Redis's or the ledger's being unavailable (the script catches what an
+/// entry causes), so the entries stay pending, uncounted, for a retry. `entries` is not empty.
+pub(crate) async fn execute(
+    ctx: &Ctx,
+    stream: &EventStream,
+    entries: &[Entry],
+) -> Result<ExecutionOutcome, Fault> {
+    let mut conn = ctx.redis.get();
+    record_event_once(ctx, &mut conn, &stream.event).await?;
+    let (rows, mut refused) = read_orders(&mut conn, stream, entries).await?;
+    refused.extend(ctx.ledger.record(&stream.event, &rows).await?);
+    let done = confirm(ctx, &mut conn, stream, entries, &refused).await?;
+    Ok(report(ctx, stream, &done))
+}
+
+/// Writes the event's configuration to the ledger before its first order (once per process).
+pub(crate) async fn record_event_once(ctx: &Ctx, conn: &mut Conn, id: &EventId) -> Result<(), Fault> {
+    if ctx.ledger.has_event(id) {
+        return Ok(());
+    }
+    let Some(snapshot) = event::load(conn, id).await? else { return Ok(()) };
+    ctx.ledger.record_event(id, &snapshot).await?;
+    Ok(())
+}
+
+/// The ledger rows of the orders the entries name (one `HMGET` of every order text they
+/// name). Entries that name no order Redis knows get no row: the script dead-letters them. A
+/// record that cannot be a ledger row (a user id out of the domain, which no script writes)
+/// is refused here, as the ledger would refuse it.
+async fn read_orders(
+    conn: &mut Conn,
+    stream: &EventStream,
+    entries: &[Entry],
+) -> Result<(Vec<Recorded>, Vec<Refused>), Fault> {
+    let named: Vec<_> = entries.iter().filter_map(|e| e.order.as_text()).collect();
+    let named: Vec<&str> = named.iter().map(|text| text.as_ref()).collect();
+    let records = order::load_many(conn, &stream.keys, &named).await?;
+    let mut records = records.into_iter();
+    let now = OffsetDateTime::now_utc();
+    let (mut rows, mut refused) = (Vec::new(), Vec::new());
+    for entry in entries {
+        let (order_id, record) = match &entry.order {
+            EntryOrder::Unread => continue,
+            EntryOrder::Malformed(_) => {
+                records.next();
+                continue;
+            }
+            EntryOrder::Id(id) => match records.next().flatten() {
+                Some(record) => (*id, record),
+                None => continue,
+            },
+        };
+        match row_of(order_id, record, &entry.scope, now) {
+            Ok(row) => rows.push(row),
+            Err(refusal) => refused.push(refusal),
+        }
+    }
+    Ok((rows, refused))
+}
+
+/// The ledger's row for an order read from Redis.
+fn row_of(
+    order_id: OrderId,
+    record: OrderRecord,
+    scope: &str,
+    now: OffsetDateTime,
+) -> Result<Recorded, Refused> {
+    let user_id = UserId::parse(record.user_id).map_err(|invalid| Refused {
+        order_id,
+        reason: format!("the order's record has an invalid {invalid}"),
+    })?;
+    // Pending orders are confirmed by the script right after this write.
+    let status = if record.status == OrderStatus::Pending { OrderStatus::Confirmed } else { record.status };
+    Ok(Recorded {
+        order_id,
+        user_id,
+        quantity: record.quantity,
+        status,
+        created_at: from_unix_ms(record.created_ms),
+        finalized_at: record.done_ms.map(from_unix_ms).unwrap_or(now),
+        scope: scope.to_owned(),
+    })
+}
+
+/// Confirms and acknowledges the entries in one script call; each entry naming a refused
+/// order carries the refusal, which counts as its failed attempt.
+async fn confirm(
+    ctx: &Ctx,
+    conn: &mut Conn,
+    stream: &EventStream,
+    entries: &[Entry],
+    refused: &[Refused],
+) -> Result<Vec<FinalizedEntry>, Fault> {
+    let refusals: HashMap<OrderId, &str> = refused.iter().map(|r| (r.order_id, r.reason.as_str())).collect();
+    let items: Vec<ToFinalize<'_>> = entries
+        .iter()
+        .map(|entry| {
+            let refusal = match &entry.order {
+                EntryOrder::Id(id) => refusals.get(id).copied(),
+                _ => None,
+            };
+            ToFinalize { refusal, ..ToFinalize::of(entry) }
+        })
+        .collect();
+    Ok(stream::finalize(conn, &stream.keys, &items, ctx.config.max_deliveries).await?)
+}
+
+/// Counts and logs what the script did with each entry.
+fn report(ctx: &Ctx, stream: &EventStream, done: &[FinalizedEntry]) -> ExecutionOutcome {
+    let m = &ctx.metrics;
+    let mut result = ExecutionOutcome::AllDone;
+    for entry in done {
+        match &entry.outcome {
+            EntryOutcome::Confirmed => {
+                m.finalized.increment(1);
+                m.finalize_lag.record(entry.lag_ms() as f64 / 1000.0);
+            }
+            EntryOutcome::Duplicate | EntryOutcome::Skipped => m.skipped.increment(1),
+            EntryOutcome::DeadLettered(reason) => {
+                m.dead_lettered(reason);
+                tracing::warn!(event = %stream.event, entry = %entry.entry_id, %reason,
+                    "entry dead-lettered (it names no order that could be held)");
+            }
+            EntryOutcome::Parked(reason) => {
+                m.dead_lettered(reason);
+                tracing::error!(event = %stream.event, entry = %entry.entry_id, reason = PARKED_REASON,
+                    "entry parked: its order stays pending, units held, until an operator runs \
+                     `flashsale-worker dead-letters redrive` or `fail`");
+            }
+            EntryOutcome::Retry(error) => {
+                result = ExecutionOutcome::SomeRetry;
+                m.finalize_failures.increment(1);
+                tracing::warn!(event = %stream.event, entry = %entry.entry_id, %error,
+                    "finalizing an entry failed; it stays pending and is retried");
+            }
+        }
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(status: OrderStatus, user_id: &str) -> OrderRecord {
+        OrderRecord { status, quantity: 2, created_ms: 1_000, done_ms: None, user_id: user_id.into() }
+    }
+
+    #[test]
+    fn a_pending_order_is_recorded_as_confirmed_and_a_failed_one_as_failed() {
+        let (id, now) = (OrderId::random(), OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(5));
+        let row = row_of(id, record(OrderStatus::Pending, "alice"), "alice", now).unwrap();
+        assert_eq!((row.order_id, row.user_id.as_str(), row.status), (id, "alice", OrderStatus::Confirmed));
+        assert_eq!((row.created_at, row.finalized_at), (from_unix_ms(1_000), now));
+        let failed = row_of(id, record(OrderStatus::Failed, "bob"), "", now).unwrap();
+        assert_eq!(failed.status, OrderStatus::Failed);
+    }
+
+    #[test]
+    fn a_record_with_an_invalid_user_id_is_refused_not_written() {
+        let id = OrderId::random();
+        let refused =
+            row_of(id, record(OrderStatus::Pending, "a|b"), "", OffsetDateTime::UNIX_EPOCH).unwrap_err();
+        assert_eq!(refused.order_id, id);
+        assert!(refused.reason.contains("user_id"), "{}", refused.reason);
+    }
+}
