@@ -169,7 +169,7 @@ struct PageRead {
 /// An event as the ledger holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LedgerEvent {
-    pub event_id: String,
+    pub event_id: EventId,
     pub name: Option<String>,
     pub stock: u64,
     pub per_user_limit: u32,
@@ -511,7 +511,7 @@ impl Ledger {
             let row = client
                 .query_opt(&format!("{EVENT_COLUMNS} from events e where e.event_id = $1"), &[&event])
                 .await;
-            Ok(before_migrations(row, None)?.as_ref().map(event_of))
+            Ok(before_migrations(row, None)?.as_ref().and_then(event_of))
         })
         .await
     }
@@ -523,7 +523,7 @@ impl Ledger {
             let rows = client
                 .query(&format!("{EVENT_COLUMNS} from events e where e.left_redis_at is null"), &[])
                 .await;
-            Ok(before_migrations(rows, Vec::new())?.iter().map(event_of).collect())
+            Ok(before_migrations(rows, Vec::new())?.iter().filter_map(event_of).collect())
         })
         .await
     }
@@ -548,9 +548,10 @@ const EVENT_COLUMNS: &str = "select e.event_id, e.name, e.stock, e.per_user_limi
         e.left_redis_at, (select coalesce(sum(quantity), 0)::bigint from orders o
                            where o.event_id = e.event_id and o.status = 'confirmed'), e.purge_at";
 
-fn event_of(row: &tokio_postgres::Row) -> LedgerEvent {
-    LedgerEvent {
-        event_id: row.get(0),
+/// `None` for a row whose id is not an event id (never written: ids are parsed before).
+fn event_of(row: &tokio_postgres::Row) -> Option<LedgerEvent> {
+    Some(LedgerEvent {
+        event_id: EventId::parse(row.get::<_, String>(0)).ok()?,
         name: row.get(1),
         stock: u64::try_from(row.get::<_, i64>(2)).unwrap_or(0),
         per_user_limit: row.get::<_, i32>(3).max(0) as u32,
@@ -559,7 +560,7 @@ fn event_of(row: &tokio_postgres::Row) -> LedgerEvent {
         left_redis_at: row.get(6),
         confirmed_units: u64::try_from(row.get::<_, i64>(7)).unwrap_or(0),
         purge_at: row.get(8),
-    }
+    })
 }
 
 /// The order of a row, parsed into the domain's types once, here. `None` for a row no worker

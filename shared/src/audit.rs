@@ -21,11 +21,11 @@ use redis::{RedisResult, Value};
 use serde::Serialize;
 
 use crate::dead_letter;
-use crate::domain::EventId;
+use crate::domain::{EventId, OrderId};
 use crate::keys::EventKeys;
 use crate::order::{OrderRecord, OrderStatus};
+use crate::reply::{text, unexpected};
 use crate::schema::{EventField, EventHash};
-use crate::scripts::{text, unexpected};
 use crate::stream;
 
 /// Elements per Redis call of the walk.
@@ -176,7 +176,7 @@ async fn walk(conn: &mut impl ConnectionLike, keys: &EventKeys, counters: &Count
     };
     // Orders: counts, units, what each user holds and which orders exist.
     let mut held: HashMap<String, i64> = HashMap::new();
-    let mut orders: HashMap<uuid::Uuid, OrderStatus> = HashMap::new();
+    let mut orders: HashMap<OrderId, OrderStatus> = HashMap::new();
     let mut cursor = 0u64;
     loop {
         let (next, pairs) = hscan(conn, &keys.orders, cursor).await?;
@@ -190,7 +190,7 @@ async fn walk(conn: &mut impl ConnectionLike, keys: &EventKeys, counters: &Count
                 continue;
             };
             // HSCAN may return an element twice; count each order once.
-            let Some(id) = uuid::Uuid::try_parse(id).ok() else {
+            let Some(id) = OrderId::parse(id) else {
                 audit.corrupt_orders += 1;
                 continue;
             };
@@ -206,7 +206,7 @@ async fn walk(conn: &mut impl ConnectionLike, keys: &EventKeys, counters: &Count
             *count += 1;
             *units += qty;
             if record.status != OrderStatus::Failed {
-                *held.entry(record.user_id).or_default() += qty;
+                *held.entry(record.user_id.to_string()).or_default() += qty;
             }
         }
         if next == 0 {
@@ -250,7 +250,7 @@ async fn walk(conn: &mut impl ConnectionLike, keys: &EventKeys, counters: &Count
         loop {
             let (next, pairs) = hscan(conn, &keys.idem, cursor).await?;
             for pair in pairs.chunks_exact(2) {
-                let named = text(&pair[1]).and_then(|id| uuid::Uuid::try_parse(id).ok());
+                let named = text(&pair[1]).and_then(OrderId::parse);
                 if !named.is_some_and(|id| orders.contains_key(&id)) {
                     audit.idempotency_dangling += 1;
                 }
@@ -268,7 +268,7 @@ async fn walk(conn: &mut impl ConnectionLike, keys: &EventKeys, counters: &Count
     loop {
         let page = dead_letter::list(conn, keys, after.as_deref(), CHUNK).await?;
         for letter in &page {
-            let id = letter.order_id.as_deref().and_then(|id| uuid::Uuid::try_parse(id).ok());
+            let id = letter.order_id.as_deref().and_then(OrderId::parse);
             if let Some(id) = id
                 && orders.get(&id) == Some(&OrderStatus::Pending)
                 && parked.insert(id)

@@ -301,7 +301,8 @@ pub enum Fault {
     Refused,
     /// The connection broke while the command was out: it may have run.
     ConnectionLost,
-    /// `LOADING`, `BUSY`, `MISCONF`, `MASTERDOWN`, ...: Redis refused to run the command now.
+    /// `LOADING`, `BUSY`, `MISCONF`, `MASTERDOWN`, ... (the rest of
+    /// [`crate::schema::INFRA_ERRORS`]): Redis refused to run the command now.
     Unavailable,
     /// `NOSCRIPT` for the purchase script: Redis (re)started and is not reconciled with the
     /// ledger yet (the fence, see `shared::scripts`); nothing ran.
@@ -316,11 +317,7 @@ impl Fault {
             Some("OOM") => return Self::OutOfMemory,
             Some("NOSCRIPT") => return Self::Fenced,
             Some("READONLY") => return Self::ReadOnly,
-            Some(
-                "LOADING" | "BUSY" | "MISCONF" | "MASTERDOWN" | "NOREPLICAS" | "CLUSTERDOWN" | "TRYAGAIN",
-            ) => {
-                return Self::Unavailable;
-            }
+            Some(code) if crate::schema::is_infra_error(code) => return Self::Unavailable,
             _ => {}
         }
         if error.is_timeout() {
@@ -419,7 +416,7 @@ pub async fn server_infos(conn: &mut Conn) -> RedisResult<Vec<ServerInfo>> {
             Value::BulkString(bytes) => Ok(ServerInfo::parse(&String::from_utf8_lossy(bytes))),
             Value::VerbatimString { text, .. } => Ok(ServerInfo::parse(text)),
             Value::SimpleString(text) => Ok(ServerInfo::parse(text)),
-            other => Err(crate::scripts::unexpected("an INFO text", other)),
+            other => Err(crate::reply::unexpected("an INFO text", other)),
         })
         .collect()
 }

@@ -14,7 +14,9 @@ use serde::Serialize;
 use crate::domain::EventId;
 use crate::keys::{EventKeys, STOCK_RETURNED_CHANNEL};
 use crate::order::{OrderRecord, OrderStatus};
-use crate::scripts::{RESOLVE_DEAD_LETTER, Reply, text, unexpected};
+use crate::reply::{Reply, text, unexpected};
+use crate::schema::dead_letter as fields;
+use crate::scripts::RESOLVE_DEAD_LETTER;
 
 /// Every reason the finalize script writes: the label values of
 /// `flashsale_orders_dead_lettered_total{reason}` (a fixed set, so bounded).
@@ -80,17 +82,17 @@ pub async fn list(
     for row in &rows {
         let Value::Array(parts) = row else { continue };
         let [id, Value::Array(fields)] = parts.as_slice() else { continue };
-        let get = |name: &str| crate::scripts::field(fields, name).and_then(text).map(str::to_owned);
+        let get = |name: &str| crate::reply::field(fields, name).and_then(text).map(str::to_owned);
         letters.push(DeadLetter {
             id: text(id).unwrap_or_default().to_owned(),
-            entry: get("entry").unwrap_or_default(),
-            reason: get("reason").unwrap_or_default(),
-            deliveries: get("deliveries").and_then(|d| d.parse().ok()).unwrap_or(0),
-            order_id: get("order").filter(|o| !o.is_empty()),
+            entry: get(fields::ENTRY).unwrap_or_default(),
+            reason: get(fields::REASON).unwrap_or_default(),
+            deliveries: get(fields::DELIVERIES).and_then(|d| d.parse().ok()).unwrap_or(0),
+            order_id: get(fields::ORDER).filter(|o| !o.is_empty()),
             order_status: None,
-            payload: get("payload").unwrap_or_default(),
-            error: get("error").filter(|e| !e.is_empty()),
-            at_ms: get("at").and_then(|a| a.parse().ok()).unwrap_or(0),
+            payload: get(fields::PAYLOAD).unwrap_or_default(),
+            error: get(fields::ERROR).filter(|e| !e.is_empty()),
+            at_ms: get(fields::AT).and_then(|a| a.parse().ok()).unwrap_or(0),
         });
     }
     let named: Vec<&str> = letters.iter().filter_map(|l| l.order_id.as_deref()).collect();

@@ -6,11 +6,12 @@ use redis::RedisResult;
 use redis::aio::ConnectionLike;
 use serde::Serialize;
 
-use crate::domain::EventId;
+use crate::domain::{EventId, OrderId, UserId};
 use crate::keys::CONSUMER_GROUP;
 use crate::keys::{self, EventKeys};
+use crate::reply;
 use crate::schema::{EventField, EventHash, EventStateMark, OrderStatus};
-use crate::scripts::{self, CONTROL, PURGE, PUT_EVENT, REMOVE_EVENT, RESTORE_ORDERS};
+use crate::scripts::{CONTROL, PURGE, PUT_EVENT, REMOVE_EVENT, RESTORE_ORDERS};
 
 /// What an operator sets with `PUT /v1/events/{id}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,10 +77,7 @@ pub async fn put(
         "replaced" => PutOutcome::Replaced,
         "conflict" => PutOutcome::Conflict,
         other => {
-            return Err(scripts::unexpected(
-                "a put_event outcome",
-                &redis::Value::SimpleString(other.into()),
-            ));
+            return Err(reply::unexpected("a put_event outcome", &redis::Value::SimpleString(other.into())));
         }
     };
     if outcome != PutOutcome::Conflict {
@@ -217,7 +215,7 @@ pub async fn control(
         "ended_already" => ControlOutcome::EndedAlready,
         "not_paused" => ControlOutcome::NotPaused,
         other => {
-            return Err(scripts::unexpected("a control outcome", &redis::Value::SimpleString(other.into())));
+            return Err(reply::unexpected("a control outcome", &redis::Value::SimpleString(other.into())));
         }
     })
 }
@@ -331,7 +329,7 @@ pub async fn remove(
         "not_drained" => "not_drained",
         "ledger_behind" => "ledger_behind",
         other => {
-            return Err(scripts::unexpected("a removal outcome", &redis::Value::SimpleString(other.into())));
+            return Err(reply::unexpected("a removal outcome", &redis::Value::SimpleString(other.into())));
         }
     };
     Ok(Removal::Kept(kept))
@@ -340,12 +338,13 @@ pub async fn remove(
 /// An order as the ledger recorded it, to be restored into Redis.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Restore<'a> {
-    pub order_id: &'a str,
-    pub confirmed: bool,
+    pub order_id: OrderId,
+    /// A final status: the ledger records orders once decided.
+    pub status: OrderStatus,
     pub quantity: u32,
     pub created_ms: i64,
     pub finalized_ms: i64,
-    pub user_id: &'a str,
+    pub user_id: &'a UserId,
     pub scope: &'a str,
 }
 
@@ -373,12 +372,12 @@ pub async fn restore(
         .arg(opt(purge_at_ms));
     for o in orders {
         invocation
-            .arg(o.order_id)
-            .arg(if o.confirmed { OrderStatus::Confirmed } else { OrderStatus::Failed }.letter())
+            .arg(o.order_id.to_string())
+            .arg(o.status.letter())
             .arg(o.quantity)
             .arg(o.created_ms)
             .arg(o.finalized_ms)
-            .arg(o.user_id)
+            .arg(o.user_id.as_str())
             .arg(o.scope);
     }
     let (restored, corrected): (u64, u64) = invocation.invoke_async(conn).await?;

@@ -11,6 +11,7 @@
 //!   event so that every script is Redis Cluster-safe.
 //! - [`schema`]: the Redis schema: every key, hash field, record format, status and stream
 //!   field, in one place.
+//! - [`reply`]: reading script and command replies by shape.
 //! - [`scripts`]: the Lua scripts of `lua/`, loaded with `include_str!`.
 //! - [`event`], [`purchase`], [`order`], [`stream`]: one module per step a purchase goes
 //!   through, each wrapping its script with typed arguments and outcomes.
@@ -30,6 +31,7 @@ pub mod domain;
 pub mod event;
 pub mod order;
 pub mod purchase;
+pub mod reply;
 pub mod schema;
 pub mod scripts;
 pub mod shutdown;

@@ -7,19 +7,35 @@ use crate::keys::EventKeys;
 
 pub use crate::schema::{OrderRecord, OrderStatus};
 
-/// The records of these orders (by id, as the stream names them), `None` for each one the
-/// event does not have or whose record is unreadable: one `HMGET`.
+/// An order's record as one read finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    /// The event has no such order.
+    Absent,
+    /// There is a record, but not one this code can read (it holds the text): never written
+    /// by our scripts, and never to be mistaken for an absent order.
+    Unreadable(String),
+    Record(OrderRecord),
+}
+
+/// The records of these orders (by id, as the stream names them), in order: one `HMGET`.
 pub async fn load_many(
     conn: &mut impl ConnectionLike,
     keys: &EventKeys,
     order_ids: &[&str],
-) -> redis::RedisResult<Vec<Option<OrderRecord>>> {
+) -> redis::RedisResult<Vec<Stored>> {
     if order_ids.is_empty() {
         return Ok(Vec::new());
     }
     let records: Vec<Option<String>> =
         redis::cmd("HMGET").arg(&keys.orders).arg(order_ids).query_async(conn).await?;
-    Ok(records.into_iter().map(|r| r.as_deref().and_then(OrderRecord::parse)).collect())
+    Ok(records
+        .into_iter()
+        .map(|record| match record {
+            None => Stored::Absent,
+            Some(text) => OrderRecord::parse(&text).map_or(Stored::Unreadable(text), Stored::Record),
+        })
+        .collect())
 }
 
 /// One step of a walk over an event's orders (`HSCAN ... COUNT SCAN_CHUNK`, start with

@@ -7,7 +7,8 @@ use redis::aio::ConnectionLike;
 use crate::domain::{IdempotencyKey, OrderId, UserId};
 use crate::keys::EventKeys;
 use crate::order::OrderRecord;
-use crate::scripts::{PURCHASE, Reply, unexpected};
+use crate::reply::{Reply, unexpected};
+use crate::scripts::PURCHASE;
 
 /// The idempotency scope of a purchase within its event: (user, key). Without an
 /// `Idempotency-Key` the scope is the user alone, so a plain retry is recognised. The two

@@ -17,7 +17,7 @@
 use std::sync::LazyLock;
 
 use redis::aio::ConnectionLike;
-use redis::{ErrorKind, FromRedisValue, RedisError, RedisResult, Script, ToRedisArgs, Value};
+use redis::{ErrorKind, FromRedisValue, RedisResult, Script, ToRedisArgs};
 
 use crate::connection::Conn;
 
@@ -173,82 +173,9 @@ pub async fn all_loaded(conn: &mut impl ConnectionLike) -> RedisResult<bool> {
     Ok(present.iter().all(|&p| p == 1))
 }
 
-/// A script's flat array reply, read by position with typed accessors. A reply of the wrong
-/// shape means the Lua and the Rust disagree: that is a bug, reported as a Redis type error.
-#[derive(Debug)]
-pub struct Reply(Vec<Value>);
-
-impl Reply {
-    pub fn new(value: Value) -> RedisResult<Self> {
-        match value {
-            Value::Array(items) => Ok(Self(items)),
-            other => Err(unexpected("an array", &other)),
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    pub fn str(&self, index: usize) -> RedisResult<&str> {
-        match self.0.get(index) {
-            Some(Value::BulkString(bytes)) => {
-                std::str::from_utf8(bytes).map_err(|_| unexpected("a UTF-8 string", &self.0[index]))
-            }
-            Some(Value::SimpleString(s)) => Ok(s),
-            other => Err(unexpected("a string", other.unwrap_or(&Value::Nil))),
-        }
-    }
-
-    pub fn int(&self, index: usize) -> RedisResult<i64> {
-        match self.0.get(index) {
-            Some(Value::Int(n)) => Ok(*n),
-            Some(Value::BulkString(_) | Value::SimpleString(_)) => {
-                let text = self.str(index)?;
-                text.parse().map_err(|_| unexpected("an integer", &self.0[index]))
-            }
-            other => Err(unexpected("an integer", other.unwrap_or(&Value::Nil))),
-        }
-    }
-}
-
-pub fn unexpected(expected: &str, got: &Value) -> RedisError {
-    RedisError::from((
-        ErrorKind::UnexpectedReturnType,
-        "script reply of unexpected shape",
-        format!("expected {expected}, got {got:?}"),
-    ))
-}
-
 /// Elements per call of every walk over an event's collections (`HSCAN`, `XRANGE`): the check
 /// and the sold-out snapshot. Measured here on 300,000-element hashes, one `HSCAN ... COUNT
 /// 1000` took 1.2 ms in the median but 10-15 ms at times on a busy 2-core machine; 200 keeps
 /// each call a fraction of a millisecond, and a walk of 300,000 orders still takes about a
 /// second.
 pub const SCAN_CHUNK: usize = 200;
-
-/// A bulk or simple string reply as text (`None` for anything else, or invalid UTF-8).
-pub fn text(value: &Value) -> Option<&str> {
-    match value {
-        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok(),
-        Value::SimpleString(s) => Some(s),
-        _ => None,
-    }
-}
-
-/// An integer reply, or a string holding one.
-pub fn integer(value: &Value) -> Option<i64> {
-    match value {
-        Value::Int(n) => Some(*n),
-        other => text(other)?.parse().ok(),
-    }
-}
-
-/// The value of `name` in a flat `[name, value, name, value, ...]` reply (as XINFO gives).
-pub fn field<'a>(pairs: &'a [Value], name: &str) -> Option<&'a Value> {
-    pairs.chunks(2).find(|kv| kv.len() == 2 && text(&kv[0]) == Some(name)).map(|kv| &kv[1])
-}

@@ -15,7 +15,9 @@ use redis::{RedisResult, Value};
 
 use crate::domain::OrderId;
 use crate::keys::{CONSUMER_GROUP, EventKeys};
-use crate::scripts::{ENSURE_GROUP, FINALIZE, Reply, TRIM, integer, text, unexpected};
+use crate::reply::{Reply, integer, text, unexpected};
+use crate::schema;
+use crate::scripts::{ENSURE_GROUP, FINALIZE, TRIM};
 
 /// Creates the consumer group at id 0 with MKSTREAM, so entries added before the group
 /// existed are still delivered, but only while the event exists (`lua/ensure_group.lua`): a
@@ -72,9 +74,9 @@ impl EntryOrder {
 
 impl Entry {
     fn parse(id: &str, fields: &[Value]) -> Self {
-        let get = |name: &str| crate::scripts::field(fields, name).and_then(text).map(str::to_owned);
-        let order = get("order").map_or(EntryOrder::Unread, EntryOrder::parse);
-        Self { id: id.to_owned(), order, scope: get("scope").unwrap_or_default() }
+        let get = |name: &str| crate::reply::field(fields, name).and_then(text).map(str::to_owned);
+        let order = get(schema::stream::ORDER).map_or(EntryOrder::Unread, EntryOrder::parse);
+        Self { id: id.to_owned(), order, scope: get(schema::stream::SCOPE).unwrap_or_default() }
     }
 
     /// An entry known only by its id (its fields are read by the finalize script).
@@ -267,10 +269,10 @@ pub async fn group_stats(
     let Value::Array(groups) = reply else { return Ok(None) };
     for group in &groups {
         let Value::Array(fields) = group else { continue };
-        if crate::scripts::field(fields, "name").and_then(text) != Some(CONSUMER_GROUP) {
+        if crate::reply::field(fields, "name").and_then(text) != Some(CONSUMER_GROUP) {
             continue;
         }
-        let int = |name: &str| crate::scripts::field(fields, name).and_then(integer);
+        let int = |name: &str| crate::reply::field(fields, name).and_then(integer);
         return Ok(Some(GroupStats { pending: int("pending").unwrap_or(0), lag: int("lag") }));
     }
     Ok(None)

@@ -111,12 +111,15 @@ pub async fn compare(
         for (row, record) in page.iter().zip(records) {
             report.ledger_orders += 1;
             match record {
-                None => {
+                // An unreadable record is as good as none (the audit reports it as corrupt).
+                order::Stored::Absent | order::Stored::Unreadable(_) => {
                     report.missing_in_redis += 1;
                     report.example("unknown to Redis", &row.order_id.to_string());
                 }
-                Some(record) if record.status == OrderStatus::Pending => report.ahead_of_redis += 1,
-                Some(_) => {}
+                order::Stored::Record(record) if record.status == OrderStatus::Pending => {
+                    report.ahead_of_redis += 1
+                }
+                order::Stored::Record(_) => {}
             }
         }
     }

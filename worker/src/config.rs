@@ -45,6 +45,13 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = ExportFormat::Csv)]
         format: ExportFormat,
     },
+    /// Print the Redis schema of one event as JSON: its key names, the purchase script's KEYS
+    /// in order and its source, the event hash's fields (what `bench/bench.py` drives Redis
+    /// with, so that no tool outside Rust formats a key). Needs no Redis.
+    Schema {
+        #[arg(long)]
+        event: String,
+    },
     /// List and resolve dead letters: entries the worker could not finalize. A parked one's
     /// order stays pending, its units held, until it is redriven or failed here.
     DeadLetters {

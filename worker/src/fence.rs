@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use flashsale_shared::domain::to_unix_ms;
 use flashsale_shared::event::{self, EventConfig, Restore};
-use flashsale_shared::order::OrderStatus;
 use flashsale_shared::{EventId, EventKeys, scripts, stream};
 
 use crate::context::Ctx;
@@ -87,20 +86,18 @@ async fn reconcile(ctx: &Ctx) -> Result<(usize, u64, u64), Fault> {
         let mut pages = ctx.ledger.reads().pages(&id);
         while let Some(page) = pages.next_page().await? {
             for chunk in page.chunks(RESTORE_CHUNK) {
-                let ids: Vec<String> = chunk.iter().map(|o| o.order_id.to_string()).collect();
                 let orders: Vec<Restore<'_>> = chunk
                     .iter()
-                    .zip(&ids)
-                    .map(|(o, id)| Restore {
-                        order_id: id,
-                        confirmed: o.status == OrderStatus::Confirmed,
+                    .map(|o| Restore {
+                        order_id: o.order_id,
+                        status: o.status,
                         quantity: o.quantity,
                         created_ms: to_unix_ms(o.created_at),
                         finalized_ms: o
                             .finalized_at
                             .map(to_unix_ms)
                             .unwrap_or_else(|| to_unix_ms(o.created_at)),
-                        user_id: o.user_id.as_str(),
+                        user_id: &o.user_id,
                         scope: &o.scope,
                     })
                     .collect();

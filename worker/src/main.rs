@@ -29,6 +29,7 @@ async fn main() -> ExitCode {
             flashsale_worker::check::check(&config, &event, drained, ledger).await
         }
         Command::Migrate => flashsale_worker::operator::migrate(&config).await,
+        Command::Schema { event } => flashsale_worker::operator::schema(&event),
         Command::Export { event, format } => flashsale_worker::export::export(&config, &event, format).await,
         Command::DeadLetters { command } => flashsale_worker::dead_letters::run(&config.redis, command).await,
         Command::Run => {

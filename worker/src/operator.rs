@@ -8,6 +8,8 @@ use std::process::ExitCode;
 
 use flashsale_shared::config::RedisArgs;
 use flashsale_shared::connection::Conn;
+use flashsale_shared::schema::EventField;
+use flashsale_shared::{EventId, EventKeys};
 
 /// The value, or `Err(2)` after printing `{command}: {error}` on stderr: the "parse or exit
 /// 2" of every command, e.g. `let event = or_exit(EventId::parse(event), "flashsale-worker export")?`.
@@ -16,6 +18,41 @@ pub fn or_exit<T, E: Display>(result: Result<T, E>, command: &str) -> Result<T, 
         eprintln!("{command}: {error}");
         ExitCode::from(2)
     })
+}
+
+/// The Redis schema as one event sees it, for tools outside Rust (`bench/bench.py` asks
+/// `flashsale-worker schema --event E` rather than formatting key names itself).
+#[derive(Debug, serde::Serialize)]
+struct Description<'a> {
+    event_id: &'a EventId,
+    keys: &'a EventKeys,
+    /// `lua/purchase.lua`'s KEYS, in order.
+    purchase_keys: [&'a str; 5],
+    /// The set of registered events (workers consume each).
+    registry: &'static str,
+    consumer_group: &'static str,
+    event_fields: Vec<&'static str>,
+    /// The purchase script as Redis runs it (prelude and body), for `SCRIPT LOAD`.
+    purchase_script: &'static str,
+}
+
+/// `flashsale-worker schema --event E`: the Redis schema of the event, as JSON on stdout.
+pub fn schema(event: &str) -> ExitCode {
+    exit_code((|| {
+        let event = or_exit(EventId::parse(event), "flashsale-worker schema")?;
+        let keys = EventKeys::new(&event);
+        let description = Description {
+            event_id: &event,
+            keys: &keys,
+            purchase_keys: keys.purchase_keys(),
+            registry: flashsale_shared::keys::EVENTS,
+            consumer_group: flashsale_shared::keys::CONSUMER_GROUP,
+            event_fields: EventField::ALL.map(EventField::name).to_vec(),
+            purchase_script: flashsale_shared::scripts::PURCHASE.source(),
+        };
+        println!("{}", serde_json::to_string_pretty(&description).expect("the schema serializes"));
+        Ok(ExitCode::SUCCESS)
+    })())
 }
 
 /// The exit code of a command written with [`or_exit`]: both sides are one.

@@ -108,7 +108,8 @@ impl PutEventBody {
 /// An event as clients see it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EventView {
-    event_id: String,
+    #[schema(value_type = String)]
+    event_id: EventId,
     name: Option<String>,
     /// Units put on sale.
     stock: u64,
@@ -146,7 +147,7 @@ impl EventView {
         let state = snapshot.state();
         let EventSnapshot { config, remaining, confirmed, .. } = snapshot;
         Self {
-            event_id: id.to_string(),
+            event_id: id.clone(),
             name: config.name,
             stock: config.stock,
             remaining,

@@ -5,7 +5,7 @@ use axum::extract::{Path, State};
 use flashsale_shared::domain::from_unix_ms;
 use flashsale_shared::order::{self, OrderRecord};
 use flashsale_shared::schema::OrderStatus;
-use flashsale_shared::{EventId, EventKeys, OrderId};
+use flashsale_shared::{EventId, EventKeys, OrderId, UserId};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -21,9 +21,12 @@ use crate::state::AppState;
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct OrderView {
     /// A random UUID (unguessable: 122 random bits).
-    pub order_id: String,
-    pub event_id: String,
-    pub user_id: String,
+    #[schema(value_type = String)]
+    pub order_id: OrderId,
+    #[schema(value_type = String)]
+    pub event_id: EventId,
+    #[schema(value_type = String)]
+    pub user_id: UserId,
     pub quantity: u32,
     pub status: OrderStatus,
     /// When the stock was reserved.
@@ -44,8 +47,8 @@ impl OrderView {
     pub fn new(event: &EventId, order_id: OrderId, order: OrderRecord) -> Self {
         let done_at = order.done_ms.map(from_unix_ms);
         Self {
-            order_id: order_id.to_string(),
-            event_id: event.to_string(),
+            order_id,
+            event_id: event.clone(),
             user_id: order.user_id,
             quantity: order.quantity,
             status: order.status,
@@ -59,9 +62,9 @@ impl OrderView {
     pub fn from_ledger(order: flashsale_ledger::LedgerOrder) -> Self {
         let status = order.status;
         Self {
-            order_id: order.order_id.to_string(),
-            event_id: order.event_id.to_string(),
-            user_id: order.user_id.to_string(),
+            order_id: order.order_id,
+            event_id: order.event_id,
+            user_id: order.user_id,
             quantity: order.quantity,
             status,
             created_at: order.created_at,
@@ -125,7 +128,7 @@ pub async fn get_order(
         state.limit_buyer(buyer)?;
     }
     // Someone else's order is no order at all to this buyer.
-    let visible = |owner: &str| buyer.as_ref().is_none_or(|buyer| buyer.as_str() == owner);
+    let visible = |owner: &UserId| buyer.as_ref().is_none_or(|buyer| buyer.as_str() == owner.as_str());
     let event = super::event_id(event_id)?;
     let order_id = OrderId::parse(&order_id).ok_or(ApiError::OrderNotFound)?;
     let keys = EventKeys::new(&event);
@@ -145,8 +148,7 @@ pub async fn get_order(
             async move { ledger.order(&event, order_id).await }
         })
         .await?;
-    let order =
-        recorded.flatten().filter(|order| visible(order.user_id.as_str())).ok_or(ApiError::OrderNotFound)?;
+    let order = recorded.flatten().filter(|order| visible(&order.user_id)).ok_or(ApiError::OrderNotFound)?;
     Ok(Json(OrderView::from_ledger(order)))
 }
 

@@ -75,36 +75,6 @@ pub const INFRA_ERRORS: [&str; 11] = [
     "ASK",
 ];
 
-/// The schema as one event sees it, for tools outside Rust (`bench/bench.py` asks
-/// `flashsale-worker schema --event E` for it rather than formatting key names itself).
-#[derive(Debug, serde::Serialize)]
-pub struct Description {
-    pub event_id: String,
-    pub keys: keys::EventKeys,
-    /// `lua/purchase.lua`'s KEYS, in order.
-    pub purchase_keys: Vec<String>,
-    /// The set of registered events (workers consume each).
-    pub registry: &'static str,
-    pub consumer_group: &'static str,
-    pub event_fields: Vec<&'static str>,
-    /// The purchase script as Redis runs it (prelude and body), for `SCRIPT LOAD`.
-    pub purchase_script: String,
-}
-
-/// The schema of one event.
-pub fn describe(event: &crate::EventId) -> Description {
-    let keys = keys::EventKeys::new(event);
-    Description {
-        event_id: event.to_string(),
-        purchase_keys: keys.purchase_keys().map(str::to_owned).to_vec(),
-        keys,
-        registry: keys::EVENTS,
-        consumer_group: keys::CONSUMER_GROUP,
-        event_fields: EventField::ALL.map(EventField::name).to_vec(),
-        purchase_script: crate::scripts::PURCHASE.source().to_owned(),
-    }
-}
-
 /// Whether a Redis error code (the first word of an error reply) is one of [`INFRA_ERRORS`].
 pub fn is_infra_error(code: &str) -> bool {
     INFRA_ERRORS.contains(&code)

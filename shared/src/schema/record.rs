@@ -6,6 +6,8 @@
 
 use serde::Serialize;
 
+use crate::domain::UserId;
+
 /// Where an order is. One type from the HTTP edge through the Redis record and the stream to
 /// the ledger's `orders.status` column and back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -74,7 +76,7 @@ pub struct OrderRecord {
     pub created_ms: i64,
     /// When it was confirmed or failed.
     pub done_ms: Option<i64>,
-    pub user_id: String,
+    pub user_id: UserId,
 }
 
 impl OrderRecord {
@@ -87,7 +89,7 @@ impl OrderRecord {
             "" => None,
             done => Some(done.parse().ok()?),
         };
-        let user_id = parts.next()?.to_owned();
+        let user_id = UserId::parse(parts.next()?).ok()?;
         Some(Self { status, quantity, created_ms, done_ms, user_id })
     }
 
@@ -138,13 +140,14 @@ mod tests {
         assert_eq!(pending.status, OrderStatus::Pending);
         assert_eq!(pending.quantity, 2);
         assert_eq!(pending.done_ms, None);
-        assert_eq!(pending.user_id, "user:42");
+        assert_eq!(pending.user_id.as_str(), "user:42");
         assert_eq!(pending.format(), "p|2|1764064800000||user:42");
         let done = OrderRecord::parse("c|1|1764064800000|1764064800123|u").unwrap();
         assert_eq!(done.status, OrderStatus::Confirmed);
         assert_eq!(done.done_ms, Some(1_764_064_800_123));
         assert!(OrderRecord::parse("x|1|1||u").is_none());
         assert!(OrderRecord::parse("p|1|1").is_none());
+        assert!(OrderRecord::parse("p|1|1||not a user id").is_none(), "the user id is parsed too");
     }
 
     #[test]

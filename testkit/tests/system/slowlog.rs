@@ -124,7 +124,7 @@ async fn a_300k_order_sale_its_sold_out_phase_and_its_check_never_block_redis() 
                     Some(redis::Value::Array(args)) => args
                         .iter()
                         .take(3)
-                        .filter_map(|a| flashsale_shared::scripts::text(a).map(str::to_owned))
+                        .filter_map(|a| flashsale_shared::reply::text(a).map(str::to_owned))
                         .collect(),
                     _ => Vec::new(),
                 };
