@@ -83,12 +83,16 @@ async fn read_orders(
             }
             EntryOrder::Id(id) => match records.next() {
                 Some(Stored::Record(record)) => (*id, record),
-                Some(Stored::Unreadable(text)) => {
+                // finalize.lua would confirm a record of this shape: it must not be confirmed
+                // without a ledger row, so it is refused, as the ledger would refuse it.
+                Some(Stored::Unreadable(text)) if OrderRecord::has_shape(&text) => {
                     let reason = format!("the order's record cannot be read: {text:?}");
                     refused.push(Refused { order_id: *id, reason });
                     continue;
                 }
-                Some(Stored::Absent) | None => continue,
+                // No order, or no record at all: the script dead-letters the entry at once
+                // (unknown_order, corrupt_order).
+                Some(Stored::Absent | Stored::Unreadable(_)) | None => continue,
             },
         };
         rows.push(row_of(order_id, record, &entry.scope, now));

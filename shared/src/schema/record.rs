@@ -93,6 +93,22 @@ impl OrderRecord {
         Some(Self { status, quantity, created_ms, done_ms, user_id })
     }
 
+    /// Whether `text` has a record's shape as the scripts see it (`RECORD_SHAPE`: a status
+    /// letter, a quantity, a creation time, a time or nothing, some user id), whether or not
+    /// this code can read it. A record of that shape that [`OrderRecord::parse`] refuses (a
+    /// user id out of the domain, say) is one `lua/finalize.lua` would still confirm.
+    pub fn has_shape(text: &str) -> bool {
+        let mut parts = text.splitn(5, SEPARATOR);
+        let digits = |part: Option<&str>, may_be_empty: bool| {
+            part.is_some_and(|p| (may_be_empty || !p.is_empty()) && p.bytes().all(|b| b.is_ascii_digit()))
+        };
+        parts.next().is_some_and(|s| s.len() == 1 && s.as_bytes()[0].is_ascii_alphabetic())
+            && digits(parts.next(), false)
+            && digits(parts.next(), false)
+            && digits(parts.next(), true)
+            && parts.next().is_some_and(|user| !user.is_empty())
+    }
+
     /// The record as the scripts write it.
     pub fn format(&self) -> String {
         let done = self.done_ms.map(|ms| ms.to_string()).unwrap_or_default();
@@ -148,6 +164,11 @@ mod tests {
         assert!(OrderRecord::parse("x|1|1||u").is_none());
         assert!(OrderRecord::parse("p|1|1").is_none());
         assert!(OrderRecord::parse("p|1|1||not a user id").is_none(), "the user id is parsed too");
+        assert!(OrderRecord::has_shape("p|1|1||not a user id"), "but finalize.lua would confirm it");
+        assert!(OrderRecord::has_shape("c|1|1|2|u"));
+        for corrupt in ["garbage", "p|x|1||u", "p|1|1||", "pp|1|1||u", "p|1||1|u"] {
+            assert!(!OrderRecord::has_shape(corrupt), "{corrupt}");
+        }
     }
 
     #[test]

@@ -211,6 +211,53 @@ async fn a_malformed_entry_is_dead_lettered_and_the_orders_around_it_confirmed()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_the_ledger_cannot_hold_is_parked_never_confirmed_without_a_row() {
+    // A pending record of the right shape (finalize.lua would confirm it) whose user id is
+    // outside the domain, so no ledger row can be made of it: written by hand, no script does.
+    let redis = RedisServer::start();
+    let pg = testkit::Postgres::start();
+    let gateway = Gateway::start(&redis.url(), &[]).await;
+    let api = gateway.api();
+    api.create_event("drop", 10, 1).await;
+    let mut conn = redis.conn().await;
+    let keys = keys("drop");
+    let odd = "00000000-0000-4000-8000-0000000000dd";
+    let _: () = redis::cmd("HSET")
+        .arg(&keys.orders)
+        .arg(odd)
+        .arg("p|1|1764064800000||not a user")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(&keys.stream)
+        .arg("*")
+        .arg("order")
+        .arg(odd)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(api.purchase("drop", "alice", 1, None).await.status, StatusCode::ACCEPTED);
+
+    let _worker = Worker::start(&redis.url(), &pg.url(), "worker-a", FAST_WORKER).await;
+    wait_until(Duration::from_secs(30), "the odd entry parked", || {
+        let mut conn = conn.clone();
+        let dead = keys.dead.clone();
+        async move { (redis::cmd("XLEN").arg(&dead).query_async::<u64>(&mut conn).await.ok()? == 1).then_some(()) }
+    })
+    .await;
+    let dead: Vec<(String, Vec<(String, String)>)> =
+        redis::cmd("XRANGE").arg(&keys.dead).arg("-").arg("+").query_async(&mut conn).await.unwrap();
+    let reason = dead[0].1.iter().find(|(k, _)| k == "reason").map(|(_, v)| v.as_str());
+    assert_eq!(reason, Some("max_attempts"), "refused by the worker, as the ledger would refuse it");
+    let record: String = redis::cmd("HGET").arg(&keys.orders).arg(odd).query_async(&mut conn).await.unwrap();
+    assert!(record.starts_with("p|"), "still pending, never confirmed: {record}");
+    assert_eq!(pg.psql(&format!("select count(*) from orders where order_id = '{odd}'")), "0");
+    // The buyer's order beside it went through as usual.
+    assert_eq!(pg.psql("select count(*) from orders where event_id = 'drop' and status = 'confirmed'"), "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entry_delivered_many_times_by_a_dying_consumer_is_still_confirmed() {
     let redis = RedisServer::start();
     let pg = testkit::Postgres::start();
