@@ -351,6 +351,15 @@ pub struct ServerInfo {
     pub maxmemory_policy: String,
     /// Changes at every restart of the server.
     pub run_id: String,
+    /// The replication history this node's data belongs to (`INFO replication`): a new one at
+    /// every promotion (`REPLICAOF NO ONE`, a failover), and a replica takes its primary's
+    /// when it syncs. The sales fence compares it with what the node was reconciled under
+    /// (see `shared::scripts::FenceState`).
+    pub master_replid: String,
+    /// The history this node's data continued from at its last promotion (`INFO
+    /// replication`); all zeros while it has none (never promoted since it started or since
+    /// it last synced as a replica).
+    pub master_replid2: String,
 }
 
 impl ServerInfo {
@@ -362,6 +371,8 @@ impl ServerInfo {
                 "role" => parsed.role = value.to_owned(),
                 "maxmemory_policy" => parsed.maxmemory_policy = value.to_owned(),
                 "run_id" => parsed.run_id = value.to_owned(),
+                "master_replid" => parsed.master_replid = value.to_owned(),
+                "master_replid2" => parsed.master_replid2 = value.to_owned(),
                 _ => {}
             }
         }
@@ -381,6 +392,8 @@ impl ServerInfo {
             }
             combined.run_id.push(',');
             combined.run_id.push_str(&info.run_id);
+            combined.master_replid.push(',');
+            combined.master_replid.push_str(&info.master_replid);
         }
         combined
     }
@@ -390,6 +403,33 @@ impl ServerInfo {
     /// `allkeys-*` policies may evict anything, an idempotency entry included.
     pub fn may_evict_events(&self) -> bool {
         self.maxmemory_policy.starts_with("allkeys-")
+    }
+
+    /// The identity a reconciliation with the ledger is recorded under (the value of
+    /// [`crate::keys::RECONCILED`]): the data's replication history and the process. Either
+    /// changing means the data may have come from somewhere the ledger was not compared with:
+    /// a promotion (new `master_replid`), a resync from another node followed by a promotion
+    /// (ditto), a restart from a snapshot (new `run_id`, and a new `master_replid` too).
+    pub fn fence_identity(&self) -> String {
+        format!("{}/{}", self.master_replid, self.run_id)
+    }
+
+    /// Whether this node's data may have come from elsewhere since it was reconciled under
+    /// `marker` (a [`Self::fence_identity`]): it restarted (another `run_id`), or it was
+    /// promoted (another `master_replid`, the previous one kept in `master_replid2`).
+    ///
+    /// A primary also takes a new `master_replid` when it creates its replication backlog
+    /// for a first replica (checked on 7.0.15), but then `master_replid2` is all zeros: no
+    /// promotion happened, its data is its own. Accepting that case spares a whole
+    /// reconciliation (503s meanwhile) each time a replica is added to a primary. It is safe:
+    /// data arrives from elsewhere only by a restart or by a sync as a replica, and a replica
+    /// becomes a primary only by a promotion, which keeps the replica-era id in
+    /// `master_replid2` (zeros again only after the backlog was freed, `repl-backlog-ttl`, an
+    /// hour by default, long after a worker saw the new id).
+    pub fn moved_since(&self, marker: &str) -> bool {
+        let Some((replid, run_id)) = marker.split_once('/') else { return true };
+        let no_promotion = !self.master_replid2.is_empty() && self.master_replid2.bytes().all(|b| b == b'0');
+        run_id != self.run_id || (replid != self.master_replid && !no_promotion)
     }
 
     /// Whether the server accepts writes as a primary (a replica answers READONLY, or worse,
@@ -410,15 +450,17 @@ pub async fn server_info(conn: &mut Conn) -> RedisResult<ServerInfo> {
 /// sections: a few KB, well under a millisecond each.
 pub async fn server_infos(conn: &mut Conn) -> RedisResult<Vec<ServerInfo>> {
     let replies = conn.on_primaries(&redis::cmd("INFO")).await?;
-    replies
-        .iter()
-        .map(|reply| match reply {
-            Value::BulkString(bytes) => Ok(ServerInfo::parse(&String::from_utf8_lossy(bytes))),
-            Value::VerbatimString { text, .. } => Ok(ServerInfo::parse(text)),
-            Value::SimpleString(text) => Ok(ServerInfo::parse(text)),
-            other => Err(crate::reply::unexpected("an INFO text", other)),
-        })
-        .collect()
+    replies.iter().map(parse_info_reply).collect()
+}
+
+/// [`ServerInfo`] of an `INFO` reply (a bulk string in RESP2, a verbatim string in RESP3).
+pub fn parse_info_reply(reply: &Value) -> RedisResult<ServerInfo> {
+    match reply {
+        Value::BulkString(bytes) => Ok(ServerInfo::parse(&String::from_utf8_lossy(bytes))),
+        Value::VerbatimString { text, .. } => Ok(ServerInfo::parse(text)),
+        Value::SimpleString(text) => Ok(ServerInfo::parse(text)),
+        other => Err(crate::reply::unexpected("an INFO text", other)),
+    }
 }
 
 /// One small write, to learn whether Redis accepts writes now: a full Redis (`OOM`), a
