@@ -23,7 +23,7 @@ use arc_swap::ArcSwap;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
+use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Client, Cmd, RedisError, RedisFuture, RedisResult, Value};
 
 use crate::config::RedisArgs;
@@ -95,6 +95,32 @@ impl Conn {
         }
     }
 
+    /// The replicas of a cluster (`host`, `port`), as a random node's `CLUSTER NODES` sees them,
+    /// failed ones left out. One node: none (it is what `REDIS_URL` names, whatever its role).
+    pub async fn replicas(&mut self) -> RedisResult<Vec<(String, u16)>> {
+        let Self::Cluster(c) = self else { return Ok(Vec::new()) };
+        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
+        let text = match c.route_command(redis::cmd("CLUSTER").arg("NODES").clone(), routing).await? {
+            Value::BulkString(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Value::VerbatimString { text, .. } => text,
+            other => return Err(crate::reply::unexpected("a CLUSTER NODES text", &other)),
+        };
+        Ok(parse_replicas(&text))
+    }
+
+    /// Runs a command on one node of a cluster, by address (each node on its own: one that
+    /// cannot be reached fails only its own call). One node: on it.
+    pub async fn on_node(&mut self, host: &str, port: u16, cmd: &Cmd) -> RedisResult<Value> {
+        match self {
+            Self::Single(c) => cmd.query_async(c).await,
+            Self::Cluster(c) => {
+                let routing =
+                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host: host.to_owned(), port });
+                c.route_command(cmd.clone(), routing).await
+            }
+        }
+    }
+
     /// Runs a command on every primary and requires each to succeed (`SCRIPT LOAD`).
     pub async fn on_every_primary(&mut self, cmd: &Cmd) -> RedisResult<()> {
         match self {
@@ -108,6 +134,22 @@ impl Conn {
             }
         }
     }
+}
+
+/// The live replicas' addresses in a `CLUSTER NODES` text:
+/// `<id> <ip:port@cport[,host]> <flags> <primary> <ping> <pong> <epoch> <link> <slot>...`.
+fn parse_replicas(text: &str) -> Vec<(String, u16)> {
+    text.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let flags: Vec<&str> = fields.get(2)?.split(',').collect();
+            if !flags.contains(&"slave") || flags.iter().any(|f| matches!(*f, "fail" | "fail?" | "noaddr")) {
+                return None;
+            }
+            let (host, port) = fields.get(1)?.split(['@', ',']).next()?.rsplit_once(':')?;
+            Some((host.to_owned(), port.parse().ok()?))
+        })
+        .collect()
 }
 
 #[derive(Clone)]
@@ -492,6 +534,20 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn only_live_replicas_are_listed() {
+        let nodes = "\
+a1 127.0.0.1:30001@40001 myself,master - 0 0 1 connected 0-5460
+b2 127.0.0.1:30004@40004 slave a1 0 1 1 connected
+c3 127.0.0.1:30005@40005,node-5 myself,slave d4 0 1 2 connected
+e5 127.0.0.1:30006@40006 slave,fail d4 0 1 2 disconnected
+";
+        assert_eq!(
+            parse_replicas(nodes),
+            vec![("127.0.0.1".to_owned(), 30004), ("127.0.0.1".to_owned(), 30005)]
+        );
+    }
 
     #[test]
     fn server_refusals_are_known_not_to_have_run() {

@@ -233,6 +233,33 @@ pub async fn mark_reconciled(conn: &mut impl ConnectionLike, identity: &str) -> 
     redis::cmd("SET").arg(crate::keys::RECONCILED).arg(identity).exec_async(conn).await
 }
 
+/// A cluster: flushes the script cache of every replica that holds the purchase script (the
+/// [`FenceState::Replica`] rule of one node), so that a later promotion starts fenced: a
+/// primary that failed over keeps its script cache as a replica, and would otherwise sell
+/// from its first moment when it is promoted back. Each node on its own, best effort: an
+/// unreachable replica is skipped (it sells nothing while unreachable) and fences no one.
+/// Returns the replicas flushed. Per call: `CLUSTER NODES` on one node and `SCRIPT EXISTS`
+/// on each replica; `ROLE` and `SCRIPT FLUSH` only on one found holding the script.
+pub async fn flush_replicas(conn: &mut Conn) -> RedisResult<usize> {
+    let mut flushed = 0;
+    for (host, port) in conn.replicas().await? {
+        let exists = redis::cmd("SCRIPT").arg("EXISTS").arg(PURCHASE.get_hash()).clone();
+        let Ok(present) = conn.on_node(&host, port, &exists).await else { continue };
+        if Vec::<i64>::from_redis_value(present).ok().and_then(|p| p.first().copied()) != Some(1) {
+            continue;
+        }
+        // The node's own word (another node's view of roles may lag a failover); a primary
+        // flushed by mistake would only be reconciled again, never sell stale data.
+        let Ok(role) = conn.on_node(&host, port, &redis::cmd("ROLE")).await else { continue };
+        let is_replica = matches!(&role, redis::Value::Array(items)
+            if matches!(items.first(), Some(redis::Value::BulkString(b)) if b.as_slice() == b"slave"));
+        if is_replica && conn.on_node(&host, port, &redis::cmd("SCRIPT").arg("FLUSH").clone()).await.is_ok() {
+            flushed += 1;
+        }
+    }
+    Ok(flushed)
+}
+
 /// Whether Redis has every script but the purchase one cached (what `/readyz` reports).
 pub async fn all_loaded(conn: &mut impl ConnectionLike) -> RedisResult<bool> {
     let mut cmd = redis::cmd("SCRIPT");

@@ -94,12 +94,26 @@ async fn check_node(ctx: &Ctx) -> Result<(), Fault> {
     }
 }
 
-/// A cluster: every primary must have the purchase script (`SCRIPT EXISTS` combined with AND);
-/// if one lacks it, every event is reconciled and the script loaded on every primary.
-/// The identity check of [`check_node`] is not done here yet (it needs a marker key per node,
-/// in a slot that node owns): a cluster node is fenced by its script cache alone.
+/// A cluster: a replica holding the purchase script has it flushed (so a failback starts
+/// fenced), and every primary must have it (`SCRIPT EXISTS` combined with AND); if one lacks
+/// it, every event is reconciled and the script loaded on every primary. The identity check
+/// of [`check_node`] is not done here yet (it needs a marker key per node, in a slot that node
+/// owns): a primary that holds the script is trusted, so a replica promoted within one
+/// interval of becoming one, before its flush, sells without reconciling.
 async fn check_cluster(ctx: &Ctx) -> Result<(), Fault> {
     let mut conn = ctx.redis.get();
+    // Best effort and apart from the check below: a cluster that cannot list its nodes must
+    // not keep any shard fenced (nor unfence one).
+    match scripts::flush_replicas(&mut conn).await {
+        Ok(0) => {}
+        Ok(flushed) => {
+            tracing::warn!(
+                flushed,
+                "cluster replicas held the purchase script: flushed (fenced until reconciled)"
+            )
+        }
+        Err(error) => tracing::debug!(%error, "cannot list the cluster's replicas to flush their scripts"),
+    }
     if !scripts::is_fenced(&mut conn).await? {
         return Ok(());
     }

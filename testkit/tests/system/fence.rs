@@ -97,3 +97,69 @@ async fn a_former_primary_resynced_from_an_older_copy_and_promoted_back_is_recon
 fn ledger_orders(pg: &Postgres) -> u64 {
     pg.psql("select count(*) from orders where event_id = 'drop'").trim().parse().unwrap()
 }
+
+/// Whether the purchase script (the sales fence) is loaded on one cluster node.
+async fn cluster_node_holds_purchase_script(node: testkit::ClusterNode) -> bool {
+    let mut conn = node.conn().await;
+    let present: Vec<i64> = redis::cmd("SCRIPT")
+        .arg("EXISTS")
+        .arg(flashsale_shared::scripts::PURCHASE.get_hash())
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_default();
+    present.first() == Some(&1)
+}
+
+/// Redis Cluster: a primary that fails over keeps its script cache as a replica; a worker
+/// flushes it there, so that when it is promoted back (a failback) it starts fenced and is
+/// reconciled before it sells. The sale ends exact, and the other shard never stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_primary_that_failed_over_is_fenced_before_it_is_promoted_back() {
+    let cluster = testkit::RedisCluster::start();
+    let pg = Postgres::start();
+    let seeds = cluster.seed_urls();
+    let env = [("REDIS_CLUSTER_URLS", seeds.as_str())];
+    let worker_env = [FAST_WORKER, &env].concat();
+    // REDIS_URL is not used in cluster mode: a port nothing listens on.
+    let gateway = Gateway::start("redis://127.0.0.1:1", &env).await;
+    let _worker = Worker::start("redis://127.0.0.1:1", &pg.url(), "worker-a", &worker_env).await;
+    let api = gateway.api();
+    let events = cluster.event_ids_on_distinct_primaries(2, "failback");
+    for event in &events {
+        api.create_event(event, 120, 1).await;
+    }
+    let first = crowd(std::slice::from_ref(&api), &events[0], 40, 16).await;
+    assert_eq!(first.count(202), 40, "{:?}", first.by_status);
+
+    let owner = cluster.primary_for_key(&testkit::RedisCluster::event_key(&events[0]));
+    assert!(cluster_node_holds_purchase_script(owner).await);
+    let promoted = cluster.failover(owner).await;
+    testkit::wait_until(
+        Duration::from_secs(10),
+        "the demoted primary's script cache to be flushed",
+        || async { (!cluster_node_holds_purchase_script(owner).await).then_some(()) },
+    )
+    .await;
+    // Failback: the old primary is promoted again, fenced, reconciled, and sells on.
+    assert_eq!(cluster.failover(promoted).await, owner);
+    let outcomes = futures_util::future::join_all(
+        events.iter().map(|event| crowd(std::slice::from_ref(&api), event, 300, 16)),
+    )
+    .await;
+    assert_eq!(outcomes[0].count(202), 80, "{:?}", outcomes[0].by_status);
+    assert_eq!(outcomes[0].count(200), 40, "the first buyers replay: {:?}", outcomes[0].by_status);
+    assert_eq!(outcomes[1].count(202), 120, "{:?}", outcomes[1].by_status);
+    assert!(cluster_node_holds_purchase_script(owner).await, "reconciled and unfenced");
+    for event in &events {
+        let confirmed =
+            testkit::wait_until(Duration::from_secs(60), "the ledger to hold every order", || async {
+                let sql = format!(
+                    "select count(*) from orders where event_id = '{event}' and status = 'confirmed'"
+                );
+                let rows: u64 = pg.psql(&sql).trim().parse().ok()?;
+                (rows == 120).then_some(rows)
+            })
+            .await;
+        assert_eq!(confirmed, 120, "{event}");
+    }
+}
