@@ -23,7 +23,7 @@ use arc_swap::ArcSwap;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
+use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Client, Cmd, RedisError, RedisFuture, RedisResult, Value};
 
 use crate::config::RedisArgs;
@@ -95,6 +95,32 @@ impl Conn {
         }
     }
 
+    /// The replicas of a cluster (`host`, `port`), as a random node's `CLUSTER NODES` sees them,
+    /// failed ones left out. One node: none (it is what `REDIS_URL` names, whatever its role).
+    pub async fn replicas(&mut self) -> RedisResult<Vec<(String, u16)>> {
+        let Self::Cluster(c) = self else { return Ok(Vec::new()) };
+        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
+        let text = match c.route_command(redis::cmd("CLUSTER").arg("NODES").clone(), routing).await? {
+            Value::BulkString(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Value::VerbatimString { text, .. } => text,
+            other => return Err(crate::reply::unexpected("a CLUSTER NODES text", &other)),
+        };
+        Ok(parse_replicas(&text))
+    }
+
+    /// Runs a command on one node of a cluster, by address (each node on its own: one that
+    /// cannot be reached fails only its own call). One node: on it.
+    pub async fn on_node(&mut self, host: &str, port: u16, cmd: &Cmd) -> RedisResult<Value> {
+        match self {
+            Self::Single(c) => cmd.query_async(c).await,
+            Self::Cluster(c) => {
+                let routing =
+                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host: host.to_owned(), port });
+                c.route_command(cmd.clone(), routing).await
+            }
+        }
+    }
+
     /// Runs a command on every primary and requires each to succeed (`SCRIPT LOAD`).
     pub async fn on_every_primary(&mut self, cmd: &Cmd) -> RedisResult<()> {
         match self {
@@ -108,6 +134,22 @@ impl Conn {
             }
         }
     }
+}
+
+/// The live replicas' addresses in a `CLUSTER NODES` text:
+/// `<id> <ip:port@cport[,host]> <flags> <primary> <ping> <pong> <epoch> <link> <slot>...`.
+fn parse_replicas(text: &str) -> Vec<(String, u16)> {
+    text.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let flags: Vec<&str> = fields.get(2)?.split(',').collect();
+            if !flags.contains(&"slave") || flags.iter().any(|f| matches!(*f, "fail" | "fail?" | "noaddr")) {
+                return None;
+            }
+            let (host, port) = fields.get(1)?.split(['@', ',']).next()?.rsplit_once(':')?;
+            Some((host.to_owned(), port.parse().ok()?))
+        })
+        .collect()
 }
 
 #[derive(Clone)]
@@ -351,6 +393,15 @@ pub struct ServerInfo {
     pub maxmemory_policy: String,
     /// Changes at every restart of the server.
     pub run_id: String,
+    /// The replication history this node's data belongs to (`INFO replication`): a new one at
+    /// every promotion (`REPLICAOF NO ONE`, a failover), and a replica takes its primary's
+    /// when it syncs. The sales fence compares it with what the node was reconciled under
+    /// (see `shared::scripts::FenceState`).
+    pub master_replid: String,
+    /// The history this node's data continued from at its last promotion (`INFO
+    /// replication`); all zeros while it has none (never promoted since it started or since
+    /// it last synced as a replica).
+    pub master_replid2: String,
 }
 
 impl ServerInfo {
@@ -362,6 +413,8 @@ impl ServerInfo {
                 "role" => parsed.role = value.to_owned(),
                 "maxmemory_policy" => parsed.maxmemory_policy = value.to_owned(),
                 "run_id" => parsed.run_id = value.to_owned(),
+                "master_replid" => parsed.master_replid = value.to_owned(),
+                "master_replid2" => parsed.master_replid2 = value.to_owned(),
                 _ => {}
             }
         }
@@ -381,6 +434,8 @@ impl ServerInfo {
             }
             combined.run_id.push(',');
             combined.run_id.push_str(&info.run_id);
+            combined.master_replid.push(',');
+            combined.master_replid.push_str(&info.master_replid);
         }
         combined
     }
@@ -390,6 +445,33 @@ impl ServerInfo {
     /// `allkeys-*` policies may evict anything, an idempotency entry included.
     pub fn may_evict_events(&self) -> bool {
         self.maxmemory_policy.starts_with("allkeys-")
+    }
+
+    /// The identity a reconciliation with the ledger is recorded under (the value of
+    /// [`crate::keys::RECONCILED`]): the data's replication history and the process. Either
+    /// changing means the data may have come from somewhere the ledger was not compared with:
+    /// a promotion (new `master_replid`), a resync from another node followed by a promotion
+    /// (ditto), a restart from a snapshot (new `run_id`, and a new `master_replid` too).
+    pub fn fence_identity(&self) -> String {
+        format!("{}/{}", self.master_replid, self.run_id)
+    }
+
+    /// Whether this node's data may have come from elsewhere since it was reconciled under
+    /// `marker` (a [`Self::fence_identity`]): it restarted (another `run_id`), or it was
+    /// promoted (another `master_replid`, the previous one kept in `master_replid2`).
+    ///
+    /// A primary also takes a new `master_replid` when it creates its replication backlog
+    /// for a first replica (checked on 7.0.15), but then `master_replid2` is all zeros: no
+    /// promotion happened, its data is its own. Accepting that case spares a whole
+    /// reconciliation (503s meanwhile) each time a replica is added to a primary. It is safe:
+    /// data arrives from elsewhere only by a restart or by a sync as a replica, and a replica
+    /// becomes a primary only by a promotion, which keeps the replica-era id in
+    /// `master_replid2` (zeros again only after the backlog was freed, `repl-backlog-ttl`, an
+    /// hour by default, long after a worker saw the new id).
+    pub fn moved_since(&self, marker: &str) -> bool {
+        let Some((replid, run_id)) = marker.split_once('/') else { return true };
+        let no_promotion = !self.master_replid2.is_empty() && self.master_replid2.bytes().all(|b| b == b'0');
+        run_id != self.run_id || (replid != self.master_replid && !no_promotion)
     }
 
     /// Whether the server accepts writes as a primary (a replica answers READONLY, or worse,
@@ -410,15 +492,17 @@ pub async fn server_info(conn: &mut Conn) -> RedisResult<ServerInfo> {
 /// sections: a few KB, well under a millisecond each.
 pub async fn server_infos(conn: &mut Conn) -> RedisResult<Vec<ServerInfo>> {
     let replies = conn.on_primaries(&redis::cmd("INFO")).await?;
-    replies
-        .iter()
-        .map(|reply| match reply {
-            Value::BulkString(bytes) => Ok(ServerInfo::parse(&String::from_utf8_lossy(bytes))),
-            Value::VerbatimString { text, .. } => Ok(ServerInfo::parse(text)),
-            Value::SimpleString(text) => Ok(ServerInfo::parse(text)),
-            other => Err(crate::reply::unexpected("an INFO text", other)),
-        })
-        .collect()
+    replies.iter().map(parse_info_reply).collect()
+}
+
+/// [`ServerInfo`] of an `INFO` reply (a bulk string in RESP2, a verbatim string in RESP3).
+pub fn parse_info_reply(reply: &Value) -> RedisResult<ServerInfo> {
+    match reply {
+        Value::BulkString(bytes) => Ok(ServerInfo::parse(&String::from_utf8_lossy(bytes))),
+        Value::VerbatimString { text, .. } => Ok(ServerInfo::parse(text)),
+        Value::SimpleString(text) => Ok(ServerInfo::parse(text)),
+        other => Err(crate::reply::unexpected("an INFO text", other)),
+    }
 }
 
 /// One small write, to learn whether Redis accepts writes now: a full Redis (`OOM`), a
@@ -450,6 +534,20 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn only_live_replicas_are_listed() {
+        let nodes = "\
+a1 127.0.0.1:30001@40001 myself,master - 0 0 1 connected 0-5460
+b2 127.0.0.1:30004@40004 slave a1 0 1 1 connected
+c3 127.0.0.1:30005@40005,node-5 myself,slave d4 0 1 2 connected
+e5 127.0.0.1:30006@40006 slave,fail d4 0 1 2 disconnected
+";
+        assert_eq!(
+            parse_replicas(nodes),
+            vec![("127.0.0.1".to_owned(), 30004), ("127.0.0.1".to_owned(), 30005)]
+        );
+    }
 
     #[test]
     fn server_refusals_are_known_not_to_have_run() {

@@ -13,13 +13,22 @@
 //! NOSCRIPT (it answers 503: reconciling); a worker loads it ([`lift_fence`]) only after it
 //! restored, from the ledger, every order Redis may have forgotten. A Redis restarted from an
 //! older snapshot therefore never sells a unit the ledger knows was sold.
+//!
+//! The script cache alone follows the process, not the data: Redis keeps it through
+//! `REPLICAOF` and a full resync, so a former primary that resynced from another node and is
+//! promoted again would sell from the other node's (older) data with its old script still
+//! loaded. So the fence also follows the data ([`FenceState`], one node): a replica never
+//! keeps the purchase script (a worker flushes it there: once promoted, it is fenced from its
+//! first moment), and a primary sells only while the identity it was reconciled under
+//! ([`crate::keys::RECONCILED`], written after each reconciliation) is still its own
+//! (`master_replid`, new at every promotion; `run_id`, new at every restart).
 
 use std::sync::LazyLock;
 
 use redis::aio::ConnectionLike;
 use redis::{ErrorKind, FromRedisValue, RedisResult, Script, ToRedisArgs};
 
-use crate::connection::Conn;
+use crate::connection::{Conn, ServerInfo};
 
 /// A script's source (the schema's prelude, then the file of `lua/`) and its compiled handle
 /// (which carries the SHA1 for EVALSHA).
@@ -162,6 +171,96 @@ pub async fn is_fenced(conn: &mut impl ConnectionLike) -> RedisResult<bool> {
     Ok(present.first() != Some(&1))
 }
 
+/// What the fence sees of one node (`REDIS_URL`), read in one round trip by [`fence_state`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FenceState {
+    /// A primary reconciled with the ledger under its current identity, the purchase script
+    /// loaded: sales are open.
+    Open,
+    /// A replica. It never sells, but it may be promoted at any moment and its script cache
+    /// survives that: `holds_purchase_script` means a worker must flush it now.
+    Replica { holds_purchase_script: bool },
+    /// A primary that must be reconciled before it sells: its script is missing (restart,
+    /// flush) or its data may have come from elsewhere (its identity is not the one it was
+    /// last reconciled under). `identity` is what to record once reconciled;
+    /// `holds_purchase_script` means the fence must be raised (the script flushed) first.
+    Stale { identity: String, holds_purchase_script: bool },
+}
+
+impl FenceState {
+    /// The decision, apart from I/O: `marker` is [`crate::keys::RECONCILED`]'s value.
+    pub fn of(holds_purchase_script: bool, info: &ServerInfo, marker: Option<&str>) -> Self {
+        if !info.is_primary() {
+            return Self::Replica { holds_purchase_script };
+        }
+        match marker {
+            Some(marker) if holds_purchase_script && !info.moved_since(marker) => Self::Open,
+            _ => Self::Stale { identity: info.fence_identity(), holds_purchase_script },
+        }
+    }
+}
+
+/// Reads what the fence needs of one node, pipelined: `SCRIPT EXISTS`, `INFO server
+/// replication` (role, `master_replid`, `run_id`: about 930 bytes and 4 us of Redis time,
+/// measured on 7.0.15 here; `SCRIPT EXISTS` 0.2 us) and `GET` of the marker.
+/// One node only: in a cluster a keyless command in a pipeline reaches one random node.
+pub async fn fence_state(conn: &mut impl ConnectionLike) -> RedisResult<FenceState> {
+    let (present, info, marker): (Vec<i64>, redis::Value, Option<String>) = redis::pipe()
+        .cmd("SCRIPT")
+        .arg("EXISTS")
+        .arg(PURCHASE.get_hash())
+        .cmd("INFO")
+        .arg("server")
+        .arg("replication")
+        .cmd("GET")
+        .arg(crate::keys::RECONCILED)
+        .query_async(conn)
+        .await?;
+    let info = crate::connection::parse_info_reply(&info)?;
+    Ok(FenceState::of(present.first() == Some(&1), &info, marker.as_deref()))
+}
+
+/// Raises the fence on one node: `SCRIPT FLUSH` (every script: the others load themselves
+/// again on their next call, see [`Invocation::invoke_async`]). Harmless when repeated, and
+/// allowed on a replica.
+pub async fn raise_fence(conn: &mut impl ConnectionLike) -> RedisResult<()> {
+    redis::cmd("SCRIPT").arg("FLUSH").exec_async(conn).await
+}
+
+/// Records that this node was reconciled with the ledger under `identity` (read before the
+/// reconciliation began: if the node changed hands meanwhile, the marker names the old
+/// identity and the next check reconciles again). A replica refuses it (READONLY).
+pub async fn mark_reconciled(conn: &mut impl ConnectionLike, identity: &str) -> RedisResult<()> {
+    redis::cmd("SET").arg(crate::keys::RECONCILED).arg(identity).exec_async(conn).await
+}
+
+/// A cluster: flushes the script cache of every replica that holds the purchase script (the
+/// [`FenceState::Replica`] rule of one node), so that a later promotion starts fenced: a
+/// primary that failed over keeps its script cache as a replica, and would otherwise sell
+/// from its first moment when it is promoted back. Each node on its own, best effort: an
+/// unreachable replica is skipped (it sells nothing while unreachable) and fences no one.
+/// Returns the replicas flushed. Per call: `CLUSTER NODES` on one node and `SCRIPT EXISTS`
+/// on each replica; `ROLE` and `SCRIPT FLUSH` only on one found holding the script.
+pub async fn flush_replicas(conn: &mut Conn) -> RedisResult<usize> {
+    let mut flushed = 0;
+    for (host, port) in conn.replicas().await? {
+        let exists = redis::cmd("SCRIPT").arg("EXISTS").arg(PURCHASE.get_hash()).clone();
+        let Ok(present) = conn.on_node(&host, port, &exists).await else { continue };
+        if Vec::<i64>::from_redis_value(present).ok().and_then(|p| p.first().copied()) != Some(1) {
+            continue;
+        }
+        // The node's own word (another node's view of roles may lag a failover); a primary
+        // flushed by mistake would only be reconciled again, never sell stale data.
+        let Ok(role) = conn.on_node(&host, port, &redis::cmd("ROLE")).await else { continue };
+        let is_replica = matches!(&role, redis::Value::Array(items)
+            if matches!(items.first(), Some(redis::Value::BulkString(b)) if b.as_slice() == b"slave"));
+        if is_replica && conn.on_node(&host, port, &redis::cmd("SCRIPT").arg("FLUSH").clone()).await.is_ok() {
+            flushed += 1;
+        }
+    }
+    Ok(flushed)
+}
+
 /// Whether Redis has every script but the purchase one cached (what `/readyz` reports).
 pub async fn all_loaded(conn: &mut impl ConnectionLike) -> RedisResult<bool> {
     let mut cmd = redis::cmd("SCRIPT");
@@ -179,3 +278,68 @@ pub async fn all_loaded(conn: &mut impl ConnectionLike) -> RedisResult<bool> {
 /// each call a fraction of a millisecond, and a walk of 300,000 orders still takes about a
 /// second.
 pub const SCAN_CHUNK: usize = 200;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NONE: &str = "0000000000000000000000000000000000000000";
+
+    fn node(role: &str, replid: &str, run_id: &str) -> ServerInfo {
+        with_history(role, replid, "r0", run_id)
+    }
+
+    fn with_history(role: &str, replid: &str, replid2: &str, run_id: &str) -> ServerInfo {
+        ServerInfo::parse(&format!(
+            "run_id:{run_id}\r\nrole:{role}\r\nmaster_replid:{replid}\r\nmaster_replid2:{replid2}\r\n"
+        ))
+    }
+
+    #[test]
+    fn a_primary_sells_only_under_the_identity_it_was_reconciled_under() {
+        let primary = node("master", "r1", "p1");
+        let marker = primary.fence_identity();
+        assert_eq!(FenceState::of(true, &primary, Some(&marker)), FenceState::Open);
+        // Promoted (a failover, or a failback after a resync from another node): new replid.
+        let promoted = node("master", "r2", "p1");
+        assert_eq!(
+            FenceState::of(true, &promoted, Some(&marker)),
+            FenceState::Stale { identity: promoted.fence_identity(), holds_purchase_script: true }
+        );
+        // Restarted: new run_id (and its script cache is empty anyway).
+        let restarted = node("master", "r1", "p2");
+        assert!(matches!(FenceState::of(true, &restarted, Some(&marker)), FenceState::Stale { .. }));
+        // A first replica made it start a new history on its own data (no promotion).
+        assert_eq!(
+            FenceState::of(true, &with_history("master", "r5", NONE, "p1"), Some(&marker)),
+            FenceState::Open
+        );
+        assert!(matches!(
+            FenceState::of(true, &with_history("master", "r5", NONE, "p2"), Some(&marker)),
+            FenceState::Stale { .. }
+        ));
+        assert!(matches!(FenceState::of(true, &primary, Some("garbage")), FenceState::Stale { .. }));
+        // Never reconciled, or the script flushed.
+        assert!(matches!(FenceState::of(true, &primary, None), FenceState::Stale { .. }));
+        assert_eq!(
+            FenceState::of(false, &primary, Some(&marker)),
+            FenceState::Stale { identity: marker.clone(), holds_purchase_script: false }
+        );
+    }
+
+    #[test]
+    fn a_replica_never_sells_whatever_its_marker() {
+        // A replica takes its primary's replid and data, marker included: it still must not
+        // keep the script, since it would sell from the first moment of a promotion.
+        let replica = node("slave", "r1", "p3");
+        let marker = replica.fence_identity();
+        assert_eq!(
+            FenceState::of(true, &replica, Some(&marker)),
+            FenceState::Replica { holds_purchase_script: true }
+        );
+        assert_eq!(
+            FenceState::of(false, &replica, None),
+            FenceState::Replica { holds_purchase_script: false }
+        );
+    }
+}

@@ -44,6 +44,16 @@ impl RedisServer {
                     .arg(flashsale_shared::scripts::PURCHASE.source())
                     .query(&mut conn)
                     .expect("lift the fence");
+                // What a worker records after a reconciliation: this node's identity, so that
+                // a worker started on it finds it reconciled (see `FenceState`).
+                let info: String =
+                    redis::cmd("INFO").arg("server").arg("replication").query(&mut conn).expect("INFO");
+                let identity = flashsale_shared::connection::ServerInfo::parse(&info).fence_identity();
+                redis::cmd("SET")
+                    .arg(flashsale_shared::keys::RECONCILED)
+                    .arg(identity)
+                    .exec(&mut conn)
+                    .expect("mark reconciled");
                 return server;
             }
             dir = server.take_dir();
@@ -122,6 +132,57 @@ impl RedisServer {
                 panic!("CONFIG SET {name} {value}: {e}");
             },
         );
+    }
+
+    /// `REPLICAOF` this server to `primary` (`None`: `REPLICAOF NO ONE`, a promotion). The
+    /// full sync starts at once (no diskless-sync delay on the primary).
+    pub async fn replicaof(&self, primary: Option<&RedisServer>) {
+        let mut conn = self.conn().await;
+        let mut cmd = redis::cmd("REPLICAOF");
+        match primary {
+            Some(primary) => {
+                primary.config_set("repl-diskless-sync-delay", "0").await;
+                cmd.arg("127.0.0.1").arg(primary.port())
+            }
+            None => cmd.arg("NO").arg("ONE"),
+        };
+        cmd.exec_async(&mut conn).await.expect("REPLICAOF");
+    }
+
+    /// `INFO replication` as name -> value.
+    pub async fn replication(&self) -> std::collections::HashMap<String, String> {
+        let mut conn = self.conn().await;
+        let info: String =
+            redis::cmd("INFO").arg("replication").query_async(&mut conn).await.expect("INFO replication");
+        info.lines()
+            .filter_map(|line| line.trim_end().split_once(':'))
+            .map(|(name, value)| (name.to_owned(), value.to_owned()))
+            .collect()
+    }
+
+    /// Waits until this replica has synced with its primary and holds all it was sent.
+    pub async fn wait_synced(&self, primary: &RedisServer, timeout: Duration) {
+        crate::wait_until(timeout, "the replica to sync with its primary", || async {
+            let mine = self.replication().await;
+            let theirs = primary.replication().await;
+            (mine.get("master_link_status").map(String::as_str) == Some("up")
+                && mine.get("master_sync_in_progress").map(String::as_str) == Some("0")
+                && mine.get("master_repl_offset") == theirs.get("master_repl_offset"))
+            .then_some(())
+        })
+        .await;
+    }
+
+    /// Whether the purchase script (the sales fence) is loaded on this server.
+    pub async fn holds_purchase_script(&self) -> bool {
+        let mut conn = self.conn().await;
+        let present: Vec<i64> = redis::cmd("SCRIPT")
+            .arg("EXISTS")
+            .arg(flashsale_shared::scripts::PURCHASE.get_hash())
+            .query_async(&mut conn)
+            .await
+            .expect("SCRIPT EXISTS");
+        present.first() == Some(&1)
     }
 
     /// The server's process id (to SIGSTOP/SIGCONT it).

@@ -9,19 +9,31 @@
 //! total and units; pending ones the ledger has finalized take its status), re-registers the
 //! events, and only then loads the purchase script. Any number of workers may do it at once:
 //! each step changes nothing the second time.
+//!
+//! The script cache follows the process, though, not the data: Redis keeps it through
+//! `REPLICAOF` and a full resync. So on one node (`REDIS_URL`) the check also reads the node's
+//! role and identity (`shared::scripts::FenceState`): a replica holding the purchase script
+//! has it flushed (a promotion then starts fenced), and a primary whose `master_replid/run_id`
+//! is not the one recorded at its last reconciliation (`fs:reconciled`, which replicates with
+//! the data) is fenced and reconciled again: a promoted replica, or a former primary that
+//! resynced from another node and was promoted back. In a cluster only the script cache
+//! counts so far ([`check_cluster`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flashsale_shared::domain::to_unix_ms;
 use flashsale_shared::event::{self, EventConfig, Restore};
+use flashsale_shared::scripts::FenceState;
 use flashsale_shared::{EventId, EventKeys, scripts, stream};
 
 use crate::context::Ctx;
 use crate::failure::{Fault, Streak};
 
 /// How often the fence is checked: the longest a restarted Redis waits before reconciliation
-/// starts (one cheap `SCRIPT EXISTS`).
+/// starts, and the shortest time a node must stay a replica for its script to be flushed
+/// before a promotion (one node: `SCRIPT EXISTS`, `INFO server replication`, `GET`, pipelined;
+/// a cluster: `SCRIPT EXISTS` on every primary).
 pub(crate) const FENCE_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Ledger orders restored per script call.
@@ -31,40 +43,97 @@ pub(crate) async fn fence_loop(ctx: Arc<Ctx>) {
     let mut ticker = flashsale_shared::shutdown::Ticker::new(FENCE_INTERVAL, ctx.stop.clone());
     let mut streak = Streak::new("fence");
     while ticker.tick().await {
-        let mut conn = ctx.redis.get();
-        match scripts::is_fenced(&mut conn).await {
-            Ok(false) => {
-                streak.succeeded();
-                continue;
-            }
-            Ok(true) => {}
-            Err(error) => {
-                streak.failed(&ctx, &error.into()).await;
-                continue;
-            }
-        }
-        let started = Instant::now();
-        match reconcile(&ctx).await {
-            Ok((events, restored, corrected)) => {
-                if let Err(error) = scripts::lift_fence(&mut conn).await {
-                    streak.failed(&ctx, &error.into()).await;
-                    continue;
-                }
-                streak.succeeded();
-                ctx.metrics.reconciliations.increment(1);
-                ctx.metrics.orders_restored.increment(restored);
-                tracing::info!(
-                    events,
-                    restored,
-                    corrected,
-                    took_ms = started.elapsed().as_millis() as u64,
-                    "Redis reconciled with the ledger: sales may resume"
-                );
-            }
-            // Without the ledger nobody can tell what Redis forgot: stay fenced.
+        let result = if ctx.redis.is_cluster() { check_cluster(&ctx).await } else { check_node(&ctx).await };
+        match result {
+            Ok(()) => streak.succeeded(),
+            // Without the ledger (or Redis) nobody can tell what Redis forgot: stay fenced.
             Err(fault) => streak.failed(&ctx, &fault).await,
         }
     }
+}
+
+/// One node (`REDIS_URL`): the fence follows the data, not the process (see
+/// `shared::scripts::FenceState`). Three commands in one round trip per interval while all is
+/// well; every step below is harmless when another worker does it at the same time (two
+/// flushes, two reconciliations: more 503s for a moment, never a sale from stale data).
+async fn check_node(ctx: &Ctx) -> Result<(), Fault> {
+    let mut conn = ctx.redis.get();
+    match scripts::fence_state(&mut conn).await? {
+        FenceState::Open | FenceState::Replica { holds_purchase_script: false } => Ok(()),
+        // A replica keeps its script cache through a promotion: flushed now, it will be
+        // fenced from its first moment as a primary, whatever data it then holds. (A replica
+        // that is promoted within one interval of becoming one is only caught at the next
+        // check, after the promotion: see docs/guarantees.md.)
+        FenceState::Replica { holds_purchase_script: true } => {
+            scripts::raise_fence(&mut conn).await?;
+            tracing::warn!(
+                "Redis is a replica holding the purchase script: flushed it (fenced until reconciled)"
+            );
+            Ok(())
+        }
+        FenceState::Stale { identity, holds_purchase_script } => {
+            if holds_purchase_script {
+                // Promoted, or resynced elsewhere and promoted again: stop sales first.
+                scripts::raise_fence(&mut conn).await?;
+                tracing::warn!(%identity, "Redis holds data from elsewhere: sales fenced until reconciled");
+            }
+            let started = Instant::now();
+            let (events, restored, corrected) = reconcile(ctx).await?;
+            // The identity read before reconciling: if the node changed hands meanwhile, the
+            // marker names the old one and the next check reconciles again (and the re-check
+            // below fences at once).
+            scripts::mark_reconciled(&mut conn, &identity).await?;
+            scripts::lift_fence(&mut conn).await?;
+            if scripts::fence_state(&mut conn).await? != FenceState::Open {
+                scripts::raise_fence(&mut conn).await?;
+                return Ok(());
+            }
+            reconciled(ctx, started, events, restored, corrected);
+            Ok(())
+        }
+    }
+}
+
+/// A cluster: a replica holding the purchase script has it flushed (so a failback starts
+/// fenced), and every primary must have it (`SCRIPT EXISTS` combined with AND); if one lacks
+/// it, every event is reconciled and the script loaded on every primary. The identity check
+/// of [`check_node`] is not done here yet (it needs a marker key per node, in a slot that node
+/// owns): a primary that holds the script is trusted, so a replica promoted within one
+/// interval of becoming one, before its flush, sells without reconciling.
+async fn check_cluster(ctx: &Ctx) -> Result<(), Fault> {
+    let mut conn = ctx.redis.get();
+    // Best effort and apart from the check below: a cluster that cannot list its nodes must
+    // not keep any shard fenced (nor unfence one).
+    match scripts::flush_replicas(&mut conn).await {
+        Ok(0) => {}
+        Ok(flushed) => {
+            tracing::warn!(
+                flushed,
+                "cluster replicas held the purchase script: flushed (fenced until reconciled)"
+            )
+        }
+        Err(error) => tracing::debug!(%error, "cannot list the cluster's replicas to flush their scripts"),
+    }
+    if !scripts::is_fenced(&mut conn).await? {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let (events, restored, corrected) = reconcile(ctx).await?;
+    scripts::lift_fence(&mut conn).await?;
+    reconciled(ctx, started, events, restored, corrected);
+    Ok(())
+}
+
+fn reconciled(ctx: &Ctx, started: Instant, events: usize, restored: u64, corrected: u64) {
+    ctx.metrics.reconciliations.increment(1);
+    ctx.metrics.orders_restored.increment(restored);
+    tracing::info!(
+        events,
+        restored,
+        corrected,
+        took_ms = started.elapsed().as_millis() as u64,
+        "Redis reconciled with the ledger: sales may resume"
+    );
 }
 
 /// Restores every event that has not left Redis; returns (events, orders restored, corrected).

@@ -15,6 +15,13 @@ pub const STOCK_RETURNED_CHANNEL: &str = "fs:stock-returned";
 /// writes; never read.
 pub const WRITE_PROBE: &str = "fs:write-probe";
 
+/// The identity (`master_replid/run_id`, see `connection::ServerInfo::fence_identity`) under
+/// which a worker last reconciled this node with the ledger (one node, `REDIS_URL`). It is
+/// data, so it replicates and comes back from snapshots: a node whose identity differs from
+/// it holds data that came from somewhere else and is reconciled again before it sells (the
+/// sales fence, `shared::scripts::FenceState`).
+pub const RECONCILED: &str = "fs:reconciled";
+
 /// The consumer group every worker joins on every order stream.
 pub const CONSUMER_GROUP: &str = "flashsale-workers";
 

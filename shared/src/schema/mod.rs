@@ -5,6 +5,8 @@
 //! fs:events                  SET     every event id, so workers discover new events
 //! fs:stock-returned          channel an event id, published when a failed order returns units
 //! fs:write-probe             STRING  written by /readyz (expires after 10 s)
+//! fs:reconciled              STRING  "master_replid/run_id" the node was last reconciled with the
+//!                                    ledger under (the sales fence, one node; never expires)
 //! fs:{ev:E}:event            HASH    configuration and counters: [`EventField`]
 //! fs:{ev:E}:orders           HASH    order id -> record "status|quantity|created_ms|done_ms|user_id"
 //!                                    ([`record`]; status letters of [`OrderStatus`])

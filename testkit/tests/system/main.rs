@@ -10,6 +10,7 @@ mod cluster;
 mod cost;
 
 mod faults;
+mod fence;
 mod hardening;
 mod ledger;
 mod operators;
