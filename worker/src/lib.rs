@@ -107,6 +107,7 @@ pub async fn run(
     tasks.spawn(maintenance::stats_loop(ctx.clone()));
     tasks.spawn(maintenance::trim_loop(ctx.clone()));
     tasks.spawn(maintenance::ledger_loop(ctx.clone()));
+    tasks.spawn(maintenance::decision_loop(ctx.clone()));
     tasks.spawn(fence::fence_loop(ctx.clone()));
     let server_stop = stop.clone();
     tasks.spawn(async move {
