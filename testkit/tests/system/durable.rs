@@ -162,3 +162,43 @@ async fn a_configuration_replaced_before_the_first_sale_is_the_one_that_comes_ba
     assert_eq!(history.trim(), "100,10");
     check_ledger(&redis.url(), &pg.url(), "drop").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_back_from_a_snapshot_older_than_the_decisions_takes_the_ledgers() {
+    let (mut redis, pg, gateway, _worker) = start().await;
+    let api = gateway.api();
+    api.create_event("drop", 100, 1).await;
+    wait_ledger(&pg, "select stock from events where event_id = 'drop'", "100").await;
+    // Redis's snapshot holds the first configuration, unsold and live; everything after it is
+    // in the ledger only: the replacement, three orders, the end.
+    let mut conn = redis.conn().await;
+    let _: () = redis::cmd("SAVE").query_async(&mut conn).await.unwrap();
+    let replaced = api.put_event("drop", serde_json::json!({"stock": 10, "per_user_limit": 1})).await;
+    assert_eq!(replaced.status, StatusCode::OK, "{replaced:?}");
+    let bought = crowd(std::slice::from_ref(&api), "drop", 3, 3).await;
+    assert_eq!(bought.count(202), 3);
+    wait_drained(&redis.url(), "drop", Duration::from_secs(20)).await;
+    let ended = admin(&api, Method::POST, "/v1/events/drop/end").await;
+    assert_eq!(ended.status, StatusCode::OK, "{ended:?}");
+    wait_ledger(&pg, "select state from events where event_id = 'drop'", "ended").await;
+
+    redis.kill();
+    redis.restart();
+    let after = wait_until(Duration::from_secs(20), "the fence to lift after the restart", || async {
+        let reply = api.purchase("drop", "after-restart", 1, None).await;
+        (reply.status != StatusCode::SERVICE_UNAVAILABLE).then_some(reply)
+    })
+    .await;
+    after.assert_problem(409, "sale_not_active");
+    let event = api.get_event("drop").await;
+    assert_eq!(
+        (event.body["state"].as_str(), event.body["stock"].as_u64(), event.body["remaining"].as_u64()),
+        (Some("ended"), Some(10), Some(7)),
+        "{event:?}"
+    );
+    let books = wait_drained(&redis.url(), "drop", Duration::from_secs(20)).await;
+    assert_eq!((books.units_confirmed, books.accepted_counter), (3, 3), "{books:?}");
+    testkit::assert_books_balance(&redis.url(), "drop", true).await;
+    assert_eq!(ledger_units(&pg, "drop"), bought.orders.len() as u64);
+    check_ledger(&redis.url(), &pg.url(), "drop").await;
+}
