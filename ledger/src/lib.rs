@@ -1,4 +1,6 @@
-//! The ledger: PostgreSQL as the system of record for finalized orders.
+//! The ledger: PostgreSQL as the system of record for finalized orders and for every event's
+//! latest decision (configuration, retention, pause, end: [`Ledger::record_decision`]), from
+//! which a Redis that lost them is rebuilt.
 //!
 //! Redis stays the admission engine (the purchase path never touches the database); the
 //! worker writes each batch of finalized orders here, in one statement, and only then confirms
