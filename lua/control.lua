@@ -7,6 +7,8 @@
 -- Every gateway is told on the channel that drops local sold-out flags, so none keeps
 -- answering `sold_out` for a paused or ended sale (and the flags' re-validation sees the
 -- state within 25 ms anyway).
+-- Every change raises EV_VERSION, the decision counter: the worker records the decision in the
+-- ledger once it sees a counter above the ledger's, so no Redis restart can undo it after that.
 --
 -- KEYS[1] event hash; ARGV[1] 'pause' | 'resume' | 'end', ARGV[2] event id, ARGV[3] channel,
 -- ARGV[4] retention (ms) after an end before the idempotency entries go
@@ -31,11 +33,13 @@ end
 if action == 'pause' then
   if state == STATE_PAUSED then return 'unchanged' end
   redis.call('HSET', KEYS[1], EV_STATE, STATE_PAUSED, EV_PAUSED_AT, now)
+  redis.call('HINCRBY', KEYS[1], EV_VERSION, 1)
   tell()
   return 'paused'
 elseif action == 'resume' then
   if state ~= STATE_PAUSED then return 'not_paused' end
   redis.call('HDEL', KEYS[1], EV_STATE, EV_PAUSED_AT)
+  redis.call('HINCRBY', KEYS[1], EV_VERSION, 1)
   tell()
   return 'resumed'
 elseif action == 'end' then
@@ -43,6 +47,7 @@ elseif action == 'end' then
   if ev[3] and ev[3] ~= '' and tonumber(ev[3]) < purge_at then purge_at = tonumber(ev[3]) end
   redis.call('HSET', KEYS[1], EV_STATE, STATE_ENDED, EV_ENDED_AT, now, EV_PURGE_AT, purge_at)
   redis.call('HDEL', KEYS[1], EV_PAUSED_AT)
+  redis.call('HINCRBY', KEYS[1], EV_VERSION, 1)
   tell()
   return 'ended'
 end

@@ -1,4 +1,6 @@
-//! The ledger: PostgreSQL as the system of record for finalized orders.
+//! The ledger: PostgreSQL as the system of record for finalized orders and for every event's
+//! latest decision (configuration, retention, pause, end: [`Ledger::record_decision`]), from
+//! which a Redis that lost them is rebuilt.
 //!
 //! Redis stays the admission engine (the purchase path never touches the database); the
 //! worker writes each batch of finalized orders here, in one statement, and only then confirms
@@ -27,7 +29,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use flashsale_shared::schema::OrderStatus;
+use flashsale_shared::domain::{from_unix_ms, to_unix_ms};
+use flashsale_shared::event::{Decision, EventConfig};
+use flashsale_shared::schema::{EventStateMark, OrderStatus};
 use flashsale_shared::{EventId, OrderId, UserId};
 use time::OffsetDateTime;
 use tokio_postgres::NoTls;
@@ -36,7 +40,10 @@ use uuid::Uuid;
 pub use crate::config::{DatabaseUrl, LedgerArgs};
 
 /// The migrations, in order. A migration is never edited once released; a change is a new one.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "orders", include_str!("../migrations/0001_orders.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "orders", include_str!("../migrations/0001_orders.sql")),
+    (2, "event_decisions", include_str!("../migrations/0002_event_decisions.sql")),
+];
 
 /// `pg_advisory_xact_lock` key: only one process migrates at a time.
 const MIGRATION_LOCK: i64 = 0x0066_6c61_7368_7361; // "flashsa"
@@ -178,6 +185,38 @@ pub struct LedgerEvent {
     pub purge_at: Option<OffsetDateTime>,
     pub confirmed_units: u64,
     pub left_redis_at: Option<OffsetDateTime>,
+    /// An operator's decision (`None`: selling by its window).
+    pub state: Option<EventStateMark>,
+    pub paused_at: Option<OffsetDateTime>,
+    pub ended_at: Option<OffsetDateTime>,
+    /// When the configuration in force was accepted (`None` for a row from before migration 2).
+    pub configured_at: Option<OffsetDateTime>,
+    /// Redis's decision counter of the decision recorded (0: recorded before migration 2).
+    pub version: u64,
+    /// Whether the ledger holds an order of the event: its configuration is then final.
+    pub sold: bool,
+}
+
+impl LedgerEvent {
+    /// The recorded decision, as a reconciliation puts it back into Redis.
+    pub fn decision(&self) -> Decision {
+        let ms = |at: Option<OffsetDateTime>| at.map(to_unix_ms);
+        Decision {
+            config: EventConfig {
+                stock: self.stock,
+                per_user_limit: self.per_user_limit,
+                name: self.name.clone(),
+                starts_at_ms: ms(self.starts_at),
+                ends_at_ms: ms(self.ends_at),
+            },
+            purge_at_ms: ms(self.purge_at),
+            control: self.state,
+            paused_at_ms: ms(self.paused_at),
+            ended_at_ms: ms(self.ended_at),
+            configured_ms: ms(self.configured_at),
+            version: self.version,
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -292,33 +331,46 @@ impl Ledger {
         .await
     }
 
-    /// Records an event's configuration (once; a later call changes nothing: the
-    /// configuration is frozen once the event has sales).
-    pub async fn record_event(
-        &self,
-        event: &EventId,
-        config: &flashsale_shared::event::EventConfig,
-        purge_at_ms: Option<i64>,
-    ) -> Result<()> {
-        let at = |ms: Option<i64>| ms.map(flashsale_shared::domain::from_unix_ms);
+    /// Records an event's decision unless the ledger already holds a later one (a higher
+    /// decision counter): a stale snapshot, from a worker that read Redis before a restart
+    /// or from a Redis restored from an older snapshot, never overwrites a later decision.
+    /// Two rules hold whatever the counters say: an end is final (a recorded end is never
+    /// replaced by a sale that is not ended), and once the ledger holds an order the
+    /// configuration is final (it only ever changes before the first sale, so a different one
+    /// would resize a sale). Every decision taken is also appended to `event_decisions`.
+    /// Returns the ledger's decision counter afterwards.
+    pub async fn record_decision(&self, event: &EventId, decision: &Decision) -> Result<u64> {
+        let at = |ms: Option<i64>| ms.map(from_unix_ms);
+        let config = &decision.config;
         let (stock, limit) = (i64::try_from(config.stock).unwrap_or(i64::MAX), config.per_user_limit as i32);
         let (starts, ends, name) = (at(config.starts_at_ms), at(config.ends_at_ms), config.name.clone());
-        let purge_at = at(purge_at_ms);
+        let (purge_at, paused_at, ended_at) =
+            (at(decision.purge_at_ms), at(decision.paused_at_ms), at(decision.ended_at_ms));
+        let configured_at = at(decision.configured_ms);
+        let state = decision.control.map(EventStateMark::value);
+        let version = i64::try_from(decision.version).unwrap_or(i64::MAX);
+        let event = event.as_str().to_owned();
         self.with(|client| async move {
-            client
-                .execute(
-                    "insert into events (event_id, name, stock, per_user_limit, starts_at, ends_at, purge_at)
-                     values ($1, $2, $3, $4, $5, $6, $7)
-                     on conflict (event_id) do update
-                       set name = excluded.name, stock = excluded.stock,
-                           per_user_limit = excluded.per_user_limit,
-                           starts_at = excluded.starts_at, ends_at = excluded.ends_at,
-                           purge_at = excluded.purge_at
-                       where not exists (select 1 from orders where orders.event_id = excluded.event_id)",
-                    &[&event.as_str(), &name, &stock, &limit, &starts, &ends, &purge_at],
+            let row = client
+                .query_one(
+                    RECORD_DECISION,
+                    &[
+                        &event,
+                        &name,
+                        &stock,
+                        &limit,
+                        &starts,
+                        &ends,
+                        &purge_at,
+                        &state,
+                        &paused_at,
+                        &ended_at,
+                        &configured_at,
+                        &version,
+                    ],
                 )
                 .await?;
-            Ok(())
+            Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
         })
         .await
     }
@@ -546,7 +598,44 @@ impl Ledger {
 
 const EVENT_COLUMNS: &str = "select e.event_id, e.name, e.stock, e.per_user_limit, e.starts_at, e.ends_at,
         e.left_redis_at, (select coalesce(sum(quantity), 0)::bigint from orders o
-                           where o.event_id = e.event_id and o.status = 'confirmed'), e.purge_at";
+                           where o.event_id = e.event_id and o.status = 'confirmed'), e.purge_at,
+        e.state, e.paused_at, e.ended_at, e.configured_at, e.version,
+        exists (select 1 from orders o where o.event_id = e.event_id)";
+
+/// [`Ledger::record_decision`]'s statement: $1 event, $2..$6 the configuration, $7 purge_at,
+/// $8 state, $9 paused_at, $10 ended_at, $11 configured_at, $12 the decision counter. One
+/// statement, so the decision and its history row commit together.
+const RECORD_DECISION: &str = "
+    with sold as (select exists (select 1 from orders where event_id = $1) as yes),
+    decided as (
+        insert into events as e (event_id, name, stock, per_user_limit, starts_at, ends_at, purge_at,
+                                 state, paused_at, ended_at, configured_at, version)
+        values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+        on conflict (event_id) do update set
+            name = case when (select yes from sold) then e.name else excluded.name end,
+            stock = case when (select yes from sold) then e.stock else excluded.stock end,
+            per_user_limit = case when (select yes from sold) then e.per_user_limit
+                                  else excluded.per_user_limit end,
+            starts_at = case when (select yes from sold) then e.starts_at else excluded.starts_at end,
+            ends_at = case when (select yes from sold) then e.ends_at else excluded.ends_at end,
+            configured_at = case when (select yes from sold) then e.configured_at
+                                 else excluded.configured_at end,
+            state = case when e.state = 'ended' then e.state else excluded.state end,
+            paused_at = case when e.state = 'ended' then null else excluded.paused_at end,
+            ended_at = coalesce(e.ended_at, excluded.ended_at),
+            purge_at = case when e.state = 'ended' then e.purge_at else excluded.purge_at end,
+            version = excluded.version
+          where e.version < excluded.version
+        returning e.*
+    ),
+    history as (
+        insert into event_decisions (event_id, version, name, stock, per_user_limit, starts_at, ends_at,
+                                     purge_at, state, paused_at, ended_at, configured_at)
+        select event_id, version, name, stock, per_user_limit, starts_at, ends_at,
+               purge_at, state, paused_at, ended_at, configured_at from decided
+        on conflict (event_id, version) do nothing
+    )
+    select coalesce((select version from decided), (select version from events where event_id = $1))";
 
 /// `None` for a row whose id is not an event id (never written: ids are parsed before).
 fn event_of(row: &tokio_postgres::Row) -> Option<LedgerEvent> {
@@ -560,6 +649,12 @@ fn event_of(row: &tokio_postgres::Row) -> Option<LedgerEvent> {
         left_redis_at: row.get(6),
         confirmed_units: u64::try_from(row.get::<_, i64>(7)).unwrap_or(0),
         purge_at: row.get(8),
+        state: row.get::<_, Option<&str>>(9).and_then(EventStateMark::parse),
+        paused_at: row.get(10),
+        ended_at: row.get(11),
+        configured_at: row.get(12),
+        version: u64::try_from(row.get::<_, i64>(13)).unwrap_or(0),
+        sold: row.get(14),
     })
 }
 

@@ -142,11 +142,31 @@ pub struct EventSnapshot {
     pub purge_at_ms: Option<i64>,
     /// What an operator decided (`lua/control.lua`), if anything.
     pub control: Option<EventStateMark>,
+    /// When the sale was paused (only while paused) and ended (only once ended), Unix ms.
+    pub paused_at_ms: Option<i64>,
+    pub ended_at_ms: Option<i64>,
+    /// When the configuration in force was written, Unix ms.
+    pub configured_ms: Option<i64>,
+    /// The decision counter ([`EventField::Version`]; 0 for a hash written before it existed).
+    pub version: u64,
     /// Redis server time when the snapshot was read.
     pub now_ms: i64,
 }
 
 impl EventSnapshot {
+    /// What of the snapshot decides who may buy: what the ledger records.
+    pub fn decision(&self) -> Decision {
+        Decision {
+            config: self.config.clone(),
+            purge_at_ms: self.purge_at_ms,
+            control: self.control,
+            paused_at_ms: self.paused_at_ms,
+            ended_at_ms: self.ended_at_ms,
+            configured_ms: self.configured_ms,
+            version: self.version,
+        }
+    }
+
     pub fn state(&self) -> EventState {
         match self.control {
             Some(EventStateMark::Ended) => return EventState::Ended,
@@ -223,7 +243,7 @@ pub async fn control(
 /// The event, or `None` when it was never created.
 pub async fn load(conn: &mut impl ConnectionLike, id: &EventId) -> RedisResult<Option<EventSnapshot>> {
     // The fields a snapshot reads, named rather than HGETALL: no read takes more than it needs.
-    const FIELDS: [EventField; 10] = [
+    const FIELDS: [EventField; 14] = [
         EventField::Stock,
         EventField::Limit,
         EventField::Name,
@@ -234,6 +254,10 @@ pub async fn load(conn: &mut impl ConnectionLike, id: &EventId) -> RedisResult<O
         EventField::Accepted,
         EventField::PurgeAt,
         EventField::State,
+        EventField::PausedAt,
+        EventField::EndedAt,
+        EventField::Created,
+        EventField::Version,
     ];
     let keys = EventKeys::new(id);
     let (values, (secs, micros)): (Vec<Option<String>>, (i64, i64)) =
@@ -253,8 +277,36 @@ pub async fn load(conn: &mut impl ConnectionLike, id: &EventId) -> RedisResult<O
         accepted: hash.count(EventField::Accepted),
         purge_at_ms: hash.int(EventField::PurgeAt),
         control: hash.state_mark(),
+        paused_at_ms: hash.int(EventField::PausedAt),
+        ended_at_ms: hash.int(EventField::EndedAt),
+        configured_ms: hash.int(EventField::Created),
+        version: hash.count(EventField::Version),
         now_ms: secs * 1000 + micros / 1000,
     }))
+}
+
+/// Everything that decides who may buy, beyond the live counters: the configuration, the
+/// retention, an operator's pause or end, and the decision counter that orders them. The
+/// worker records it in the ledger whenever Redis's counter is above the ledger's; a
+/// reconciliation puts the ledger's back ([`restore`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub config: EventConfig,
+    pub purge_at_ms: Option<i64>,
+    pub control: Option<EventStateMark>,
+    pub paused_at_ms: Option<i64>,
+    pub ended_at_ms: Option<i64>,
+    /// When the configuration in force was written (`None`: unknown, a row from before the
+    /// ledger kept it).
+    pub configured_ms: Option<i64>,
+    pub version: u64,
+}
+
+/// The event's decision counter (cheap: one `HGET`, what the worker compares with the
+/// ledger's before every batch); `None` when the event is gone.
+pub async fn version(conn: &mut impl ConnectionLike, keys: &EventKeys) -> RedisResult<Option<u64>> {
+    const FIELDS: [EventField; 2] = [EventField::Stock, EventField::Version];
+    Ok(EventHash::read(conn, keys, &FIELDS).await?.map(|hash| hash.count(EventField::Version)))
 }
 
 /// An event's units, as the worker's gauges show them; `None` when the event is gone.
@@ -348,16 +400,30 @@ pub struct Restore<'a> {
     pub scope: &'a str,
 }
 
-/// Puts back orders Redis may have lost (`lua/restore_orders.lua`), recreating the event hash
-/// from `config` if it is gone; returns (restored, corrected).
+/// What one [`restore`] call did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// Orders Redis had forgotten, put back.
+    pub restored: u64,
+    /// Pending orders that took the ledger's final status.
+    pub corrected: u64,
+    /// Whether Redis had lost the ledger's decision (the hash was gone or its counter below
+    /// the ledger's) and it was put back.
+    pub decided: bool,
+}
+
+/// Puts back the ledger's `decision` where Redis lost it, and orders Redis may have lost
+/// (`lua/restore_orders.lua`, whose header gives the rules). `sold`: the ledger holds an
+/// order of the event, so its configuration is final.
 pub async fn restore(
     conn: &mut impl ConnectionLike,
     keys: &EventKeys,
-    config: &EventConfig,
-    purge_at_ms: Option<i64>,
+    decision: &Decision,
+    sold: bool,
     orders: &[Restore<'_>],
-) -> RedisResult<(u64, u64)> {
+) -> RedisResult<Restored> {
     let opt = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_default();
+    let config = &decision.config;
     let mut invocation = RESTORE_ORDERS.prepare_invoke();
     invocation
         .key(&keys.event)
@@ -369,7 +435,13 @@ pub async fn restore(
         .arg(config.name.as_deref().unwrap_or(""))
         .arg(opt(config.starts_at_ms))
         .arg(opt(config.ends_at_ms))
-        .arg(opt(purge_at_ms));
+        .arg(opt(decision.purge_at_ms))
+        .arg(opt(decision.configured_ms))
+        .arg(decision.control.map_or("", EventStateMark::value))
+        .arg(opt(decision.paused_at_ms))
+        .arg(opt(decision.ended_at_ms))
+        .arg(decision.version)
+        .arg(if sold { "1" } else { "0" });
     for o in orders {
         invocation
             .arg(o.order_id.to_string())
@@ -380,8 +452,8 @@ pub async fn restore(
             .arg(o.user_id.as_str())
             .arg(o.scope);
     }
-    let (restored, corrected): (u64, u64) = invocation.invoke_async(conn).await?;
-    Ok((restored, corrected))
+    let (restored, corrected, decided): (u64, u64, u64) = invocation.invoke_async(conn).await?;
+    Ok(Restored { restored, corrected, decided: decided == 1 })
 }
 
 /// Registers the event so workers consume it (again, after a restore).

@@ -42,20 +42,27 @@ pub(crate) async fn execute(
     entries: &[Entry],
 ) -> Result<ExecutionOutcome, Fault> {
     let mut conn = ctx.redis.get();
-    record_event_once(ctx, &mut conn, &stream.event).await?;
+    record_decision(ctx, &mut conn, &stream.event).await?;
     let (rows, mut refused) = read_orders(&mut conn, stream, entries).await?;
     refused.extend(ctx.ledger.record(&stream.event, &rows).await?);
     let done = confirm(ctx, &mut conn, stream, entries, &refused).await?;
     Ok(report(ctx, stream, &done))
 }
 
-/// Writes the event's configuration to the ledger before its first order (once per process).
-pub(crate) async fn record_event_once(ctx: &Ctx, conn: &mut Conn, id: &EventId) -> Result<(), Fault> {
-    if ctx.ledger.has_event(id) {
+/// Records the event's decision in the ledger when Redis's decision counter is above the one
+/// the ledger had when this process last looked: before every batch, so an order never reaches
+/// the ledger before the configuration it was sold under (once the ledger holds an order its
+/// configuration is final), and from the decision loop (`maintenance::decision_loop`), so a
+/// pause or an end is recorded even when nothing sells. One `HGET` when nothing changed.
+pub(crate) async fn record_decision(ctx: &Ctx, conn: &mut Conn, id: &EventId) -> Result<(), Fault> {
+    let keys = flashsale_shared::EventKeys::new(id);
+    let Some(version) = event::version(conn, &keys).await? else { return Ok(()) };
+    if ctx.ledger.recorded_version(id).is_some_and(|recorded| version <= recorded) {
         return Ok(());
     }
     let Some(snapshot) = event::load(conn, id).await? else { return Ok(()) };
-    ctx.ledger.record_event(id, &snapshot).await?;
+    // The ledger keeps the later decision whatever this one is (a stale read loses there).
+    ctx.ledger.record_decision(id, &snapshot.decision()).await?;
     Ok(())
 }
 

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flashsale_shared::domain::to_unix_ms;
-use flashsale_shared::event::{self, EventConfig, Restore};
+use flashsale_shared::event::{self, Restore};
 use flashsale_shared::scripts::FenceState;
 use flashsale_shared::{EventId, EventKeys, scripts, stream};
 
@@ -137,22 +137,23 @@ fn reconciled(ctx: &Ctx, started: Instant, events: usize, restored: u64, correct
 }
 
 /// Restores every event that has not left Redis; returns (events, orders restored, corrected).
+/// Each event's decision (state, configuration, retention) comes back first, as the ledger has
+/// it where Redis lost it, so its orders are restored into the configuration they were sold
+/// under and nothing sells again in a sale the ledger says is paused or over.
 async fn reconcile(ctx: &Ctx) -> Result<(usize, u64, u64), Fault> {
     let events = ctx.ledger.reads().events_in_redis().await?;
     let mut conn = ctx.redis.get();
     let (mut restored, mut corrected) = (0, 0);
     for recorded in &events {
-        let Ok(id) = EventId::parse(recorded.event_id.as_str()) else { continue };
-        let keys = EventKeys::new(&id);
-        let ms = |at: Option<time::OffsetDateTime>| at.map(to_unix_ms);
-        let config = EventConfig {
-            stock: recorded.stock,
-            per_user_limit: recorded.per_user_limit,
-            name: recorded.name.clone(),
-            starts_at_ms: ms(recorded.starts_at),
-            ends_at_ms: ms(recorded.ends_at),
-        };
-        let mut pages = ctx.ledger.reads().pages(&id);
+        let id = &recorded.event_id;
+        let keys = EventKeys::new(id);
+        let decision = recorded.decision();
+        // Also an event with no order yet needs its hash back (created after the snapshot).
+        let put_back = event::restore(&mut conn, &keys, &decision, recorded.sold, &[]).await?;
+        if put_back.decided {
+            log_decision_restored(id, &decision);
+        }
+        let mut pages = ctx.ledger.reads().pages(id);
         while let Some(page) = pages.next_page().await? {
             for chunk in page.chunks(RESTORE_CHUNK) {
                 let orders: Vec<Restore<'_>> = chunk
@@ -170,16 +171,24 @@ async fn reconcile(ctx: &Ctx) -> Result<(usize, u64, u64), Fault> {
                         scope: &o.scope,
                     })
                     .collect();
-                let (r, c) =
-                    event::restore(&mut conn, &keys, &config, ms(recorded.purge_at), &orders).await?;
-                restored += r;
-                corrected += c;
+                let done = event::restore(&mut conn, &keys, &decision, recorded.sold, &orders).await?;
+                restored += done.restored;
+                corrected += done.corrected;
             }
         }
-        // An event with no order yet still needs its hash back (created after the snapshot).
-        event::restore(&mut conn, &keys, &config, ms(recorded.purge_at), &[]).await?;
-        event::register(&mut conn, &id).await?;
+        event::register(&mut conn, id).await?;
         stream::ensure_group(&mut conn, &keys).await?;
     }
     Ok((events.len(), restored, corrected))
+}
+
+/// Says that Redis had lost an event's decision and got the ledger's back.
+fn log_decision_restored(id: &EventId, decision: &event::Decision) {
+    tracing::info!(
+        event = %id,
+        version = decision.version,
+        state = decision.control.map_or("selling", |mark| mark.value()),
+        stock = decision.config.stock,
+        "Redis had lost the event's decision: the ledger's is back"
+    );
 }

@@ -4,13 +4,13 @@
 //! refused batch into the orders to blame. It reads nothing from Redis: what to write comes
 //! from the batch (`batch`), and failures go to the one failure policy (`failure`).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use flashsale_ledger::{Ledger, LedgerError, Recorded};
-use flashsale_shared::event::EventSnapshot;
+use flashsale_shared::event::Decision;
 use flashsale_shared::{EventId, OrderId};
 use time::OffsetDateTime;
 
@@ -31,8 +31,9 @@ pub(crate) struct LedgerGate {
     ledger: Ledger,
     /// Whether the last ledger call worked.
     up: AtomicBool,
-    /// Events whose configuration this process has written to the ledger (before any order).
-    events_recorded: Mutex<HashSet<EventId>>,
+    /// Per event, the ledger's decision counter as this process last saw it (after its own
+    /// write): a Redis counter not above it needs no write.
+    decisions: Mutex<HashMap<EventId, u64>>,
     metrics: Arc<WorkerMetrics>,
     /// The `crash-after-ledger-write` failpoint (tests only).
     crash_after_write: bool,
@@ -43,7 +44,7 @@ impl LedgerGate {
         Self {
             ledger,
             up: AtomicBool::new(false),
-            events_recorded: Mutex::new(HashSet::new()),
+            decisions: Mutex::new(HashMap::new()),
             metrics,
             crash_after_write,
         }
@@ -79,21 +80,24 @@ impl LedgerGate {
         result
     }
 
-    /// Whether this process already wrote the event's configuration.
-    pub(crate) fn has_event(&self, event: &EventId) -> bool {
-        self.events_recorded.lock().unwrap_or_else(|p| p.into_inner()).contains(event)
+    /// The ledger's decision counter for the event as this process last saw it (`None`: not
+    /// since it started).
+    pub(crate) fn recorded_version(&self, event: &EventId) -> Option<u64> {
+        self.decisions.lock().unwrap_or_else(|p| p.into_inner()).get(event).copied()
     }
 
-    /// Writes the event's configuration (what a reconciliation needs to recreate the event in a
-    /// Redis that forgot it); remembered, so once per process.
-    pub(crate) async fn record_event(
+    /// Records the event's decision (what a reconciliation puts back into a Redis that lost
+    /// it) unless the ledger holds a later one, and remembers the ledger's counter.
+    pub(crate) async fn record_decision(
         &self,
         event: &EventId,
-        snapshot: &EventSnapshot,
-    ) -> Result<(), LedgerError> {
-        self.ledger.record_event(event, &snapshot.config, snapshot.purge_at_ms).await?;
-        self.events_recorded.lock().unwrap_or_else(|p| p.into_inner()).insert(event.clone());
-        Ok(())
+        decision: &Decision,
+    ) -> Result<u64, LedgerError> {
+        let version = self.ledger.record_decision(event, decision).await?;
+        let mut known = self.decisions.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = known.entry(event.clone()).or_default();
+        *entry = (*entry).max(version);
+        Ok(version)
     }
 
     /// Records one event's rows, committed on return. A refusal of the whole statement is one

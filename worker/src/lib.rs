@@ -20,7 +20,8 @@
 //! - [`discovery`]: new events are picked up without a restart.
 //! - `fence`: after a Redis restart, nothing sells until the ledger's orders are back.
 //! - `maintenance`: gauges, trimming of acknowledged history, the ledger's migrations, ping
-//!   and drift.
+//!   and drift, and the decision loop (each event's configuration, pause, end and retention
+//!   recorded in the ledger soon after Redis took it).
 //! - `failure`: the one failure policy of every loop, for Redis and the ledger alike (count,
 //!   log once, capped backoff).
 //! - [`check`], [`dead_letters`], [`export`]: the operator commands (books-balance invariant;
@@ -107,6 +108,7 @@ pub async fn run(
     tasks.spawn(maintenance::stats_loop(ctx.clone()));
     tasks.spawn(maintenance::trim_loop(ctx.clone()));
     tasks.spawn(maintenance::ledger_loop(ctx.clone()));
+    tasks.spawn(maintenance::decision_loop(ctx.clone()));
     tasks.spawn(fence::fence_loop(ctx.clone()));
     let server_stop = stop.clone();
     tasks.spawn(async move {

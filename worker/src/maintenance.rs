@@ -1,11 +1,13 @@
 //! Background upkeep: gauges of every stream and event, trimming acknowledged history,
-//! purging the idempotency entries and user totals of events past their retention, and the
-//! ledger's own loop (migrations, a ping, each event's drift between Redis and the ledger).
+//! purging the idempotency entries and user totals of events past their retention, the
+//! ledger's own loop (migrations, a ping, each event's drift between Redis and the ledger),
+//! and the decision loop (every event's configuration, pause, end and retention recorded in
+//! the ledger soon after Redis took it).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use flashsale_shared::{event, stream};
+use flashsale_shared::{event, scripts, stream};
 use redis::RedisResult;
 
 use crate::context::{Ctx, EventStream};
@@ -158,11 +160,49 @@ pub(crate) async fn ledger_loop(ctx: Arc<Ctx>) {
 /// Sets the event's drift gauge: Redis's confirmed units minus the ledger's.
 async fn drift(ctx: &Ctx, s: &EventStream) -> Result<(), Fault> {
     let mut conn = ctx.redis.get();
-    crate::batch::record_event_once(ctx, &mut conn, &s.event).await?;
     // Redis first: a batch confirmed between the two reads makes the drift briefly negative,
     // never falsely positive.
     let Some(units) = event::units(&mut conn, &s.keys).await? else { return Ok(()) };
     let ledger = ctx.ledger.reads().confirmed_units(&s.event).await?;
     ctx.metrics.event(&s.event).drift.set(units.confirmed as f64 - ledger as f64);
+    Ok(())
+}
+
+/// How often the decision loop compares each event's decision counter with the ledger's: the
+/// longest an operator's pause or end (taken at once in Redis) waits to become durable when no
+/// batch records it first. Each round is one `SCRIPT EXISTS` and one `HGET` per event.
+const DECISION_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Records every event's decision in the ledger once Redis's decision counter is above the
+/// ledger's (`batch::record_decision`), so a pause or an end made while nothing sells is as
+/// durable as an order, well under a second after it was acknowledged.
+pub(crate) async fn decision_loop(ctx: Arc<Ctx>) {
+    let mut ticker = flashsale_shared::shutdown::Ticker::new(DECISION_INTERVAL, ctx.stop.clone());
+    let mut streak = Streak::new("decisions");
+    while ticker.tick().await {
+        // Down, or its migrations not applied yet: the ledger loop tells when it is back.
+        if !ctx.ledger.is_up() {
+            continue;
+        }
+        match record_decisions(&ctx).await {
+            Ok(()) => streak.succeeded(),
+            Err(fault) => streak.failed(&ctx, &fault).await,
+        }
+    }
+}
+
+async fn record_decisions(ctx: &Ctx) -> Result<(), Fault> {
+    let mut conn = ctx.redis.get();
+    // A Redis that restarted and is not reconciled yet may hold an older decision, or a new one
+    // taken on top of what it forgot: only the reconciliation (the fence) compares it with the
+    // ledger. (The ledger refuses a lower counter anyway; this keeps a forgetful Redis's equal
+    // or higher counter out too.)
+    if scripts::is_fenced(&mut conn).await? {
+        return Ok(());
+    }
+    let streams = ctx.streams.borrow().clone();
+    for s in streams.iter() {
+        crate::batch::record_decision(ctx, &mut conn, &s.event).await?;
+    }
     Ok(())
 }

@@ -39,10 +39,16 @@ pub enum EventField {
     PausedAt,
     /// When an operator ended the sale (absent unless ended).
     EndedAt,
+    /// The decision counter: raised by every decision that changes who may buy (a
+    /// configuration created or replaced, a retention adopted, a pause, a resume, an end). The
+    /// worker records the event in the ledger whenever this is above the ledger's, and a
+    /// reconciliation puts the ledger's decision back when the ledger's is not below it: the
+    /// higher counter is the later decision, whichever side holds it.
+    Version,
 }
 
 impl EventField {
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 15] = [
         Self::Stock,
         Self::Remaining,
         Self::Confirmed,
@@ -57,6 +63,7 @@ impl EventField {
         Self::State,
         Self::PausedAt,
         Self::EndedAt,
+        Self::Version,
     ];
 
     /// The field's name in the hash.
@@ -76,6 +83,7 @@ impl EventField {
             Self::State => "state",
             Self::PausedAt => "paused_at",
             Self::EndedAt => "ended_at",
+            Self::Version => "version",
         }
     }
 }

@@ -23,6 +23,7 @@ const fn initial_value(field: EventField) -> Option<&'static str> {
         EventField::Ends => Some("ends"),
         EventField::PurgeAt => Some("purge_at"),
         EventField::Created => Some("now"),
+        EventField::Version => Some("version"),
         EventField::Purged | EventField::State | EventField::PausedAt | EventField::EndedAt => None,
     }
 }
@@ -74,7 +75,8 @@ fn definitions() -> Vec<(String, String)> {
     }
     let infra: Vec<String> = INFRA_ERRORS.iter().map(|code| quote(code)).collect();
     defs.push(("INFRA_ERRORS".into(), format!("{{{}}}", infra.join(", "))));
-    // A new event hash: its configuration and zeroed counters (put_event.lua, restore_orders.lua).
+    // A new event hash: its configuration, zeroed counters and decision counter (put_event.lua:
+    // 1 or the replaced one's plus one; restore_orders.lua: the ledger's).
     let writes: Vec<String> = EventField::ALL
         .into_iter()
         .filter_map(|field| {
@@ -85,7 +87,7 @@ fn definitions() -> Vec<(String, String)> {
     defs.push((
         "new_event".into(),
         format!(
-            "function(key, stock, limit, name, starts, ends, purge_at, now)\n  redis.call('HSET', key, {})\nend",
+            "function(key, stock, limit, name, starts, ends, purge_at, now, version)\n  redis.call('HSET', key, {})\nend",
             writes.join(", ")
         ),
     ));
@@ -233,7 +235,7 @@ mod tests {
 
     #[test]
     fn a_prelude_holds_only_what_its_script_uses() {
-        let prelude = prelude_for("local x = EV_REMAINING\nnew_event(KEYS[1], 1, 1, '', '', '', '', 0)");
+        let prelude = prelude_for("local x = EV_REMAINING\nnew_event(KEYS[1], 1, 1, '', '', '', '', 0, 1)");
         assert!(prelude.contains("local EV_REMAINING = 'remaining'\n"));
         assert!(prelude.contains("local EV_CREATED = 'created'\n"), "new_event uses it: {prelude}");
         assert!(!prelude.contains("EV_PURGED"), "{prelude}");

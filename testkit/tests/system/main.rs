@@ -8,6 +8,7 @@ mod common;
 
 mod cluster;
 mod cost;
+mod durable;
 
 mod faults;
 mod fence;
