@@ -4,7 +4,7 @@
 //! refused batch into the orders to blame. It reads nothing from Redis: what to write comes
 //! from the batch (`batch`), and failures go to the one failure policy (`failure`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -14,7 +14,7 @@ use flashsale_shared::event::EventSnapshot;
 use flashsale_shared::{EventId, OrderId};
 use time::OffsetDateTime;
 
-use crate::metrics::WorkerMetrics;
+use crate::metrics::{Refusal, WorkerMetrics};
 
 /// An order the ledger would not take (a constraint, an invalid value): the data is to blame,
 /// not the database, so each entry naming it gets a failed attempt (and is parked after
@@ -33,6 +33,12 @@ pub(crate) struct LedgerGate {
     up: AtomicBool,
     /// Events whose configuration this process has written to the ledger (before any order).
     events_recorded: Mutex<HashSet<EventId>>,
+    /// Events whose configuration the ledger refused (a row it cannot hold, written before the
+    /// gateway checked what the ledger holds), with why: their orders are refused with that
+    /// reason (each entry's failed attempt, parked after `MAX_DELIVERIES`) rather than the
+    /// refusal being taken for an outage that holds the batch, and every batch after it,
+    /// forever. Tried again at each batch, so a corrected row lets the orders through.
+    events_refused: Mutex<HashMap<EventId, String>>,
     metrics: Arc<WorkerMetrics>,
     /// The `crash-after-ledger-write` failpoint (tests only).
     crash_after_write: bool,
@@ -44,6 +50,7 @@ impl LedgerGate {
             ledger,
             up: AtomicBool::new(false),
             events_recorded: Mutex::new(HashSet::new()),
+            events_refused: Mutex::new(HashMap::new()),
             metrics,
             crash_after_write,
         }
@@ -85,15 +92,40 @@ impl LedgerGate {
     }
 
     /// Writes the event's configuration (what a reconciliation needs to recreate the event in a
-    /// Redis that forgot it); remembered, so once per process.
+    /// Redis that forgot it); remembered, so once per process. A configuration the ledger
+    /// refuses is not an error here: it is remembered, and [`LedgerGate::record`] refuses the
+    /// event's orders with the reason. An error is the ledger's being unavailable.
     pub(crate) async fn record_event(
         &self,
         event: &EventId,
         snapshot: &EventSnapshot,
     ) -> Result<(), LedgerError> {
-        self.ledger.record_event(event, &snapshot.config, snapshot.purge_at_ms).await?;
-        self.events_recorded.lock().unwrap_or_else(|p| p.into_inner()).insert(event.clone());
-        Ok(())
+        match self.ledger.record_event(event, &snapshot.config, snapshot.purge_at_ms).await {
+            Ok(()) => {
+                self.set_up(true);
+                self.events_refused.lock().unwrap_or_else(|p| p.into_inner()).remove(event);
+                self.events_recorded.lock().unwrap_or_else(|p| p.into_inner()).insert(event.clone());
+                Ok(())
+            }
+            Err(LedgerError::Refused(reason)) => {
+                self.set_up(true);
+                self.metrics.ledger_refused(Refusal::Event);
+                let reason = format!("the ledger refused the event's configuration: {reason}");
+                let mut refused = self.events_refused.lock().unwrap_or_else(|p| p.into_inner());
+                if refused.insert(event.clone(), reason.clone()).is_none() {
+                    tracing::error!(%event, %reason,
+                        "the ledger refused the event's configuration; its orders are refused (and \
+                         parked after MAX_DELIVERIES) until the row can be written");
+                }
+                Ok(())
+            }
+            Err(unavailable) => Err(unavailable),
+        }
+    }
+
+    /// Why the ledger refused the event's configuration, if it did.
+    fn event_refusal(&self, event: &EventId) -> Option<String> {
+        self.events_refused.lock().unwrap_or_else(|p| p.into_inner()).get(event).cloned()
     }
 
     /// Records one event's rows, committed on return. A refusal of the whole statement is one
@@ -104,6 +136,12 @@ impl LedgerGate {
         event: &EventId,
         rows: &[Recorded],
     ) -> Result<Vec<Refused>, LedgerError> {
+        if let Some(reason) = self.event_refusal(event) {
+            let refused: Vec<Refused> =
+                rows.iter().map(|row| Refused { order_id: row.order_id, reason: reason.clone() }).collect();
+            self.count_refused(event, &refused);
+            return Ok(refused);
+        }
         match self.write(event, rows).await {
             Ok(()) => {
                 if self.crash_after_write && !rows.is_empty() {
@@ -123,9 +161,19 @@ impl LedgerGate {
                         Err(unavailable) => return Err(unavailable),
                     }
                 }
+                self.count_refused(event, &refused);
                 Ok(refused)
             }
             Err(unavailable) => Err(unavailable),
+        }
+    }
+
+    /// Counts and logs the orders the ledger refused (each also fails its entry's attempt).
+    fn count_refused(&self, event: &EventId, refused: &[Refused]) {
+        for Refused { order_id, reason } in refused {
+            self.metrics.ledger_refused(Refusal::Order);
+            tracing::warn!(%event, order = %order_id, %reason,
+                "the ledger refused an order; its entry's attempt fails (parked after MAX_DELIVERIES)");
         }
     }
 

@@ -13,5 +13,6 @@ mod faults;
 mod hardening;
 mod ledger;
 mod operators;
+mod refusals;
 mod sale;
 mod slowlog;
