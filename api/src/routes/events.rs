@@ -175,8 +175,18 @@ pub(crate) async fn load(state: &AppState, id: &EventId) -> Result<EventView, Ap
     if let Some(snapshot) = snapshot {
         return Ok(EventView::new(id, snapshot));
     }
+    // A public read of any id: an id the ledger just did not have is not asked again for a
+    // second, so a flood of unknown ids is not a flood of database queries.
+    let now = std::time::Instant::now();
+    if state.event_misses().contains(id, now) {
+        return Err(ApiError::EventNotFound);
+    }
     let recorded = state.ledger(|ledger| async move { ledger.event(id).await }).await?.flatten();
-    recorded.filter(|e| e.left_redis_at.is_some()).map(EventView::from_ledger).ok_or(ApiError::EventNotFound)
+    let found = recorded.filter(|e| e.left_redis_at.is_some()).map(EventView::from_ledger);
+    if found.is_none() {
+        state.event_misses().insert(id.clone(), now);
+    }
+    found.ok_or(ApiError::EventNotFound)
 }
 
 crate::problems! {
