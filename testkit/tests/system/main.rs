@@ -16,3 +16,4 @@ mod operators;
 mod refusals;
 mod sale;
 mod slowlog;
+mod takeover;
