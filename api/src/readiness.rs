@@ -66,11 +66,20 @@ pub struct Readiness {
     last: tokio::sync::Mutex<Option<(Instant, Verdict)>>,
     /// Set when a request saw Redis fail: a cached `Ready` is not trusted after that.
     distrusted: AtomicBool,
+    /// Set when a purchase script answered (Redis is a writable, reconciled primary the
+    /// gateway may sell on): a cached failure is not trusted after that, so a recovery shows
+    /// at once rather than up to `max_age` later.
+    vouched: AtomicBool,
 }
 
 impl Readiness {
     pub fn new(max_age: Duration) -> Self {
-        Self { max_age, last: tokio::sync::Mutex::new(None), distrusted: AtomicBool::new(false) }
+        Self {
+            max_age,
+            last: tokio::sync::Mutex::new(None),
+            distrusted: AtomicBool::new(false),
+            vouched: AtomicBool::new(false),
+        }
     }
 
     /// The verdict of a check started at most `max_age` before `now` (a failure is believed
@@ -85,13 +94,17 @@ impl Readiness {
         if let Some((at, verdict)) = &*last {
             // A caller that waited for another's check may hold a `now` older than `at`.
             let young = now.saturating_duration_since(*at) < self.max_age;
-            let trusted = *verdict != Verdict::Ready || !self.distrusted.load(Ordering::Acquire);
+            let trusted = match verdict {
+                Verdict::Ready => !self.distrusted.load(Ordering::Acquire),
+                _ => !self.vouched.load(Ordering::Acquire),
+            };
             if young && trusted {
                 return verdict.clone();
             }
         }
-        // Cleared before the check: a failure seen during it distrusts its verdict.
+        // Cleared before the check: what is seen during it counts against its verdict.
         self.distrusted.store(false, Ordering::Release);
+        self.vouched.store(false, Ordering::Release);
         let verdict = check().await;
         *last = Some((now, verdict.clone()));
         verdict
@@ -100,6 +113,15 @@ impl Readiness {
     /// A request saw Redis fail: the next `/readyz` checks again if the last verdict was ready.
     pub fn distrust(&self) {
         self.distrusted.store(true, Ordering::Release);
+    }
+
+    /// A purchase script answered: the next `/readyz` checks again if the last verdict was a
+    /// failure. Called on the purchase path, so it writes only when the flag is not set yet
+    /// (a load is cheap where a store on every purchase would bounce the cache line).
+    pub fn vouch(&self) {
+        if !self.vouched.load(Ordering::Relaxed) {
+            self.vouched.store(true, Ordering::Release);
+        }
     }
 }
 
@@ -238,6 +260,19 @@ mod tests {
         // still costs one check per interval.
         readiness.distrust();
         readiness.get(now, || counted(&runs, Verdict::Ready)).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_failure_verdict_is_checked_again_once_a_purchase_went_through() {
+        let (readiness, runs, t0) = (Readiness::new(MAX_AGE), AtomicUsize::new(0), Instant::now());
+        readiness.get(t0, || counted(&runs, unavailable())).await;
+        // Purchases vouching for Redis do not make a ready verdict be checked again.
+        readiness.vouch();
+        let now = t0 + Duration::from_millis(10);
+        assert_eq!(readiness.get(now, || counted(&runs, Verdict::Ready)).await, Verdict::Ready);
+        readiness.vouch();
+        assert_eq!(readiness.get(now, || counted(&runs, unavailable())).await, Verdict::Ready);
         assert_eq!(runs.load(Ordering::SeqCst), 2);
     }
 

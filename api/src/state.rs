@@ -138,9 +138,12 @@ impl AppState {
         &self.0.order_misses
     }
 
-    /// Tells the sold-out board what a script answer revealed about an event's stock.
+    /// Tells the sold-out board what a script answer revealed about an event's stock (and
+    /// `/readyz` that Redis answered a purchase).
     pub fn observe_remaining(&self, event: &EventId, remaining: u64) {
         self.0.sold_out.observe(event, remaining);
+        // The purchase script answered: Redis may be sold on, whatever `/readyz` last found.
+        self.0.readiness.vouch();
     }
 
     /// `Ok` when Redis may be sold on (see [`crate::redis_status`]).
