@@ -10,6 +10,11 @@
 //!    `XAUTOCLAIM ... JUSTID` (see [`claim_loop`]): how the work of a dead or stuck worker
 //!    gets done.
 //!
+//! While the ledger cannot be written, a reader keeps the batch in hand (and from claimers)
+//! for at most `LEDGER_HOLD_MS` per outage, then lets go and reads nothing, not even its own
+//! pending entries, until the ledger answers a ping: a worker that lost only its database
+//! hands its entries to the healthy workers' (3) instead of holding them as long as it lives.
+//!
 //! Only (2) counts a delivery, once per entry: re-reading, retrying and claiming during an
 //! outage or a crash loop never make an entry look poison (see `shared::stream`). Whatever
 //! races happen between them (a stopped worker waking up after its entries were claimed, two
