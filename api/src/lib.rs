@@ -14,6 +14,7 @@
 //! - [`limit`]: rate limits per buyer and per client address, with bounded memory.
 //! - [`metrics`]: the Prometheus series, by matched route.
 //! - [`redis_status`], [`sold_out`]: whether Redis may be sold on; local sold-out flags.
+//! - [`readiness`]: `/readyz` checked at most once a second, and the cold reads' recent misses.
 //! - [`state`]: [`state::AppState`], what every handler shares, and the one way to call Redis.
 //! - [`extract`]: request extractors that reject with problems: the JSON body, the admin
 //!   token (deny by default), the buyer, the client's rate limit.
@@ -36,6 +37,7 @@ pub mod limit;
 pub mod metrics;
 pub mod observe;
 pub mod openapi;
+pub mod readiness;
 pub mod redis_status;
 pub mod router;
 pub mod routes;

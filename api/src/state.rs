@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flashsale_shared::connection::{Conn, Fault, Redis};
-use flashsale_shared::{EventId, UserId};
+use flashsale_shared::{EventId, OrderId, UserId};
 use redis::RedisResult;
 use tokio_util::sync::CancellationToken;
 
@@ -19,6 +19,7 @@ use crate::config::{AdminToken, BuyerAuth, Config};
 use crate::error::{ApiError, Limit, Mutation, Unavailable};
 use crate::limit::{RateLimits, retry_after_secs};
 use crate::metrics::ApiMetrics;
+use crate::readiness::{MISS_CAPACITY, MISS_TTL, Readiness, RecentMisses};
 use crate::redis_status::RedisStatus;
 use crate::sold_out::SoldOutBoard;
 
@@ -43,6 +44,11 @@ struct Inner {
     /// The keys buyer tokens are verified with; `None` with `BUYER_AUTH=none`.
     buyer_keys: Option<BuyerKeys>,
     limits: RateLimits,
+    /// `/readyz`'s last verdict (one check per second however many probes ask).
+    readiness: Readiness,
+    /// Event and order ids the cold reads recently found in neither Redis nor the ledger.
+    event_misses: RecentMisses<EventId>,
+    order_misses: RecentMisses<(EventId, OrderId)>,
 }
 
 impl AppState {
@@ -74,6 +80,9 @@ impl AppState {
             sold_out,
             buyer_keys,
             limits,
+            readiness: Readiness::new(crate::readiness::MAX_AGE),
+            event_misses: RecentMisses::new(MISS_TTL, MISS_CAPACITY),
+            order_misses: RecentMisses::new(MISS_TTL, MISS_CAPACITY),
         })))
     }
 
@@ -115,9 +124,26 @@ impl AppState {
         &self.0.redis_status
     }
 
-    /// Tells the sold-out board what a script answer revealed about an event's stock.
+    pub fn readiness(&self) -> &Readiness {
+        &self.0.readiness
+    }
+
+    /// Events a `GET` recently found in neither Redis nor the ledger.
+    pub fn event_misses(&self) -> &RecentMisses<EventId> {
+        &self.0.event_misses
+    }
+
+    /// Orders a `GET` recently found in neither Redis nor the ledger.
+    pub fn order_misses(&self) -> &RecentMisses<(EventId, OrderId)> {
+        &self.0.order_misses
+    }
+
+    /// Tells the sold-out board what a script answer revealed about an event's stock (and
+    /// `/readyz` that Redis answered a purchase).
     pub fn observe_remaining(&self, event: &EventId, remaining: u64) {
         self.0.sold_out.observe(event, remaining);
+        // The purchase script answered: Redis may be sold on, whatever `/readyz` last found.
+        self.0.readiness.vouch();
     }
 
     /// `Ok` when Redis may be sold on (see [`crate::redis_status`]).
@@ -144,11 +170,13 @@ impl AppState {
             Ok(Err(error)) => {
                 if self.0.redis.observe(&error) != Fault::Other {
                     self.0.redis_status.forget();
+                    self.0.readiness.distrust();
                 }
                 Err(ApiError::redis(error, mutation))
             }
             Err(_) => {
                 self.0.redis_status.forget();
+                self.0.readiness.distrust();
                 Err(ApiError::timeout(mutation))
             }
         }

@@ -65,8 +65,10 @@ impl LedgerError {
     fn of(error: &tokio_postgres::Error) -> Self {
         match error.code() {
             // Class 22 (data exception) and 23 (integrity constraint violation): the data.
+            // The server's message and code ("integer out of range (22003)"): what an operator
+            // reads in the dead letter, where `Display` alone says only "db error".
             Some(code) if code.code().starts_with("22") || code.code().starts_with("23") => {
-                Self::Refused(error.to_string())
+                Self::Refused(describe(error))
             }
             _ => Self::Unavailable(describe(error)),
         }
@@ -386,8 +388,10 @@ impl Ledger {
         }
         let ids: Vec<Uuid> = orders.iter().map(|o| o.order_id.as_uuid()).collect();
         let users: Vec<&str> = orders.iter().map(|o| o.user_id.as_str()).collect();
-        let quantities: Vec<i32> =
-            orders.iter().map(|o| i32::try_from(o.quantity).unwrap_or(i32::MAX)).collect();
+        // Sent as `bigint` and cast by the database into the `integer` column: a quantity
+        // that does not fit is refused there (22003, numeric_value_out_of_range), as that
+        // row's fault, rather than silently recorded as some other quantity.
+        let quantities: Vec<i64> = orders.iter().map(|o| i64::from(o.quantity)).collect();
         let statuses: Vec<&str> = orders.iter().map(|o| o.status.as_str()).collect();
         let created: Vec<OffsetDateTime> = orders.iter().map(|o| o.created_at).collect();
         let finalized: Vec<OffsetDateTime> = orders.iter().map(|o| o.finalized_at).collect();
@@ -399,7 +403,7 @@ impl Ledger {
                     "insert into orders
                        (order_id, event_id, user_id, quantity, status, created_at, finalized_at, scope)
                      select id, $2, u, q, s, c, f, sc
-                       from unnest($1::uuid[], $3::text[], $4::int[], $5::text[],
+                       from unnest($1::uuid[], $3::text[], $4::bigint[], $5::text[],
                                    $6::timestamptz[], $7::timestamptz[], $8::text[])
                          as t(id, u, q, s, c, f, sc)
                      on conflict (order_id) do update

@@ -93,6 +93,7 @@ pub const DEFAULT_BLOCK_MS: u64 = 1000;
 pub const DEFAULT_CLAIM_MIN_IDLE_MS: u64 = 30_000;
 pub const DEFAULT_CLAIM_INTERVAL_MS: u64 = 5_000;
 pub const DEFAULT_MAX_DELIVERIES: u32 = 5;
+pub const DEFAULT_LEDGER_HOLD_MS: u64 = 30_000;
 pub const DEFAULT_DISCOVERY_INTERVAL_MS: u64 = 1_000;
 pub const DEFAULT_TRIM_INTERVAL_MS: u64 = 10_000;
 pub const DEFAULT_STATS_INTERVAL_MS: u64 = 1_000;
@@ -135,6 +136,15 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(100..=86_400_000))]
     pub claim_min_idle_ms: u64,
 
+    /// How long a worker whose ledger (PostgreSQL) is down keeps its batch from the other
+    /// workers, 100-86400000 ms. Past it, the worker lets go: it stops resetting its entries'
+    /// idle time and reads nothing until its ledger answers, so a worker that lost only its
+    /// database hands its buyers to healthy workers (they claim the entries once idle for
+    /// `CLAIM_MIN_IDLE_MS`) instead of holding them as long as it lives. Short outages of the
+    /// database itself, which every worker sees, are ridden out without claims.
+    #[arg(long, env = "LEDGER_HOLD_MS", default_value_t = DEFAULT_LEDGER_HOLD_MS,
+          value_parser = clap::value_parser!(u64).range(100..=86_400_000))]
+    pub ledger_hold_ms: u64,
     /// How often the claim loop looks for idle entries, 10-3600000 ms.
     #[arg(long, env = "CLAIM_INTERVAL_MS", default_value_t = DEFAULT_CLAIM_INTERVAL_MS,
           value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
@@ -201,6 +211,7 @@ impl Config {
             block_ms: DEFAULT_BLOCK_MS,
             claim_min_idle_ms: DEFAULT_CLAIM_MIN_IDLE_MS,
             claim_interval_ms: DEFAULT_CLAIM_INTERVAL_MS,
+            ledger_hold_ms: DEFAULT_LEDGER_HOLD_MS,
             max_deliveries: DEFAULT_MAX_DELIVERIES,
             discovery_interval_ms: DEFAULT_DISCOVERY_INTERVAL_MS,
             trim_interval_ms: DEFAULT_TRIM_INTERVAL_MS,

@@ -10,6 +10,11 @@
 //!    `XAUTOCLAIM ... JUSTID` (see [`claim_loop`]): how the work of a dead or stuck worker
 //!    gets done.
 //!
+//! While the ledger cannot be written, a reader keeps the batch in hand (and from claimers)
+//! for at most `LEDGER_HOLD_MS` per outage, then lets go and reads nothing, not even its own
+//! pending entries, until the ledger answers a ping: a worker that lost only its database
+//! hands its entries to the healthy workers' (3) instead of holding them as long as it lives.
+//!
 //! Only (2) counts a delivery, once per entry: re-reading, retrying and claiming during an
 //! outage or a crash loop never make an entry look poison (see `shared::stream`). Whatever
 //! races happen between them (a stopped worker waking up after its entries were claimed, two
@@ -94,7 +99,19 @@ async fn consume_event(ctx: Arc<Ctx>, stream: EventStream, gone: CancellationTok
     let mut reader = Reader::default();
     let mut own_pending = true;
     let mut streak = Streak::new("consume");
+    // The ledger's failures, and since when writes have failed: the hold is counted once per
+    // outage (which a successful batch ends), so a ledger that answers pings but refuses
+    // writes (a revoked grant) does not make the worker take its entries back every time.
+    let mut ledger_down = Streak::new("consume");
+    let mut failing_since: Option<std::time::Instant> = None;
     while !ctx.stop.is_cancelled() && !gone.is_cancelled() {
+        if !ctx.ledger.is_up() {
+            // Nothing read could be recorded: read nothing, not even our own pending entries
+            // (whatever this worker let go of is for the healthy workers to claim meanwhile).
+            wait_for_ledger(&ctx, &gone).await;
+            own_pending = true;
+            continue;
+        }
         let read = if own_pending {
             read_own_pending(&ctx, &stream).await
         } else {
@@ -118,20 +135,23 @@ async fn consume_event(ctx: Arc<Ctx>, stream: EventStream, gone: CancellationTok
             streak.succeeded();
             continue;
         }
-        // Finalize what was read. While the ledger cannot be written the batch stays in hand:
-        // nothing new is read, the entries are kept from claimers, and the write is retried
-        // with a capped backoff for as long as it takes.
-        let mut ledger_down = Streak::new("consume");
+        // Finalize what was read. While the ledger cannot be written the batch stays in hand
+        // for up to LEDGER_HOLD_MS: nothing new is read, the entries are kept from claimers,
+        // and the write is retried with a capped backoff. Past that the worker lets go (see
+        // `LEDGER_HOLD_MS`): a database outage every worker sees is ridden out, a worker that
+        // lost only its own database does not keep its buyers waiting as long as it lives.
         let mut kept_at = std::time::Instant::now();
         loop {
             match batch::execute(&ctx, &stream, &entries).await {
                 Ok(ExecutionOutcome::AllDone) => {
                     streak.succeeded();
                     ledger_down.succeeded();
+                    failing_since = None;
                 }
                 Ok(ExecutionOutcome::SomeRetry) => {
                     streak.succeeded();
                     ledger_down.succeeded();
+                    failing_since = None;
                     // An entry broke the script (its attempt is counted): try it again shortly,
                     // without spinning.
                     own_pending = true;
@@ -147,10 +167,21 @@ async fn consume_event(ctx: Arc<Ctx>, stream: EventStream, gone: CancellationTok
                     streak.pause(&ctx).await;
                 }
                 Err(fault @ Fault::Ledger(_)) => {
+                    let since = *failing_since.get_or_insert_with(std::time::Instant::now);
                     ledger_down.failed(&ctx, &fault).await;
                     // Never wait longer than the keep interval, or a claimer could take them.
                     ledger_down.pause_at_most(&ctx, keep_interval(&ctx)).await;
                     if ctx.stop.is_cancelled() {
+                        break;
+                    }
+                    if since.elapsed() >= crate::config::ms(ctx.config.ledger_hold_ms) {
+                        // Logged at each let-go: at most one per batch read, paced by the
+                        // ledger's backoff.
+                        tracing::warn!(event = %stream.event, entries = entries.len(),
+                            failing_ms = since.elapsed().as_millis() as u64,
+                            "the ledger is still down: letting go of the batch (other workers claim \
+                             it after CLAIM_MIN_IDLE_MS); reading nothing until the ledger answers");
+                        own_pending = true;
                         break;
                     }
                     if kept_at.elapsed() >= keep_interval(&ctx) {
@@ -161,6 +192,25 @@ async fn consume_event(ctx: Arc<Ctx>, stream: EventStream, gone: CancellationTok
                 }
             }
             break;
+        }
+    }
+}
+
+/// Waits, pinging the ledger with a capped backoff, until it answers (or the worker stops, or
+/// the event leaves). Touches no stream entry, so entries this worker let go of grow idle and
+/// are claimed by the others.
+async fn wait_for_ledger(ctx: &Ctx, gone: &CancellationToken) {
+    let mut down = Streak::new("consume");
+    while !ctx.stop.is_cancelled() && !gone.is_cancelled() {
+        match ctx.ledger.ping().await {
+            Ok(()) => {
+                down.succeeded();
+                return;
+            }
+            Err(error) => {
+                down.failed(ctx, &error.into()).await;
+                down.pause(ctx).await;
+            }
         }
     }
 }

@@ -14,7 +14,7 @@ use flashsale_shared::event::Decision;
 use flashsale_shared::{EventId, OrderId};
 use time::OffsetDateTime;
 
-use crate::metrics::WorkerMetrics;
+use crate::metrics::{Refusal, WorkerMetrics};
 
 /// An order the ledger would not take (a constraint, an invalid value): the data is to blame,
 /// not the database, so each entry naming it gets a failed attempt (and is parked after
@@ -34,6 +34,12 @@ pub(crate) struct LedgerGate {
     /// Per event, the ledger's decision counter as this process last saw it (after its own
     /// write): a Redis counter not above it needs no write.
     decisions: Mutex<HashMap<EventId, u64>>,
+    /// Events whose configuration the ledger refused (a row it cannot hold, written before the
+    /// gateway checked what the ledger holds), with why: their orders are refused with that
+    /// reason (each entry's failed attempt, parked after `MAX_DELIVERIES`) rather than the
+    /// refusal being taken for an outage that holds the batch, and every batch after it,
+    /// forever. Tried again at each batch, so a corrected row lets the orders through.
+    events_refused: Mutex<HashMap<EventId, String>>,
     metrics: Arc<WorkerMetrics>,
     /// The `crash-after-ledger-write` failpoint (tests only).
     crash_after_write: bool,
@@ -45,6 +51,7 @@ impl LedgerGate {
             ledger,
             up: AtomicBool::new(false),
             decisions: Mutex::new(HashMap::new()),
+            events_refused: Mutex::new(HashMap::new()),
             metrics,
             crash_after_write,
         }
@@ -87,17 +94,45 @@ impl LedgerGate {
     }
 
     /// Records the event's decision (what a reconciliation puts back into a Redis that lost
-    /// it) unless the ledger holds a later one, and remembers the ledger's counter.
+    /// it) unless the ledger holds a later one, and remembers the ledger's counter. A decision
+    /// the ledger refuses (a row it cannot hold, written before the gateway checked what the
+    /// ledger holds) is not an error here: it is remembered, and [`LedgerGate::record`] refuses
+    /// the event's orders with the reason. An error is the ledger's being unavailable.
     pub(crate) async fn record_decision(
         &self,
         event: &EventId,
         decision: &Decision,
-    ) -> Result<u64, LedgerError> {
-        let version = self.ledger.record_decision(event, decision).await?;
-        let mut known = self.decisions.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = known.entry(event.clone()).or_default();
-        *entry = (*entry).max(version);
-        Ok(version)
+    ) -> Result<(), LedgerError> {
+        match self.ledger.record_decision(event, decision).await {
+            Ok(version) => {
+                self.set_up(true);
+                self.events_refused.lock().unwrap_or_else(|p| p.into_inner()).remove(event);
+                let mut known = self.decisions.lock().unwrap_or_else(|p| p.into_inner());
+                let entry = known.entry(event.clone()).or_default();
+                *entry = (*entry).max(version);
+                Ok(())
+            }
+            Err(LedgerError::Refused(reason)) => {
+                self.set_up(true);
+                let reason = format!("the ledger refused the event's configuration: {reason}");
+                let mut refused = self.events_refused.lock().unwrap_or_else(|p| p.into_inner());
+                // Counted and logged once per refusal, not at every retry (each batch and the
+                // decision loop try the row again).
+                if refused.insert(event.clone(), reason.clone()).is_none() {
+                    self.metrics.ledger_refused(Refusal::Event);
+                    tracing::error!(%event, %reason,
+                        "the ledger refused the event's configuration; its orders are refused (and \
+                         parked after MAX_DELIVERIES) until the row can be written");
+                }
+                Ok(())
+            }
+            Err(unavailable) => Err(unavailable),
+        }
+    }
+
+    /// Why the ledger refused the event's configuration, if it did.
+    fn event_refusal(&self, event: &EventId) -> Option<String> {
+        self.events_refused.lock().unwrap_or_else(|p| p.into_inner()).get(event).cloned()
     }
 
     /// Records one event's rows, committed on return. A refusal of the whole statement is one
@@ -108,6 +143,12 @@ impl LedgerGate {
         event: &EventId,
         rows: &[Recorded],
     ) -> Result<Vec<Refused>, LedgerError> {
+        if let Some(reason) = self.event_refusal(event) {
+            let refused: Vec<Refused> =
+                rows.iter().map(|row| Refused { order_id: row.order_id, reason: reason.clone() }).collect();
+            self.count_refused(event, &refused);
+            return Ok(refused);
+        }
         match self.write(event, rows).await {
             Ok(()) => {
                 if self.crash_after_write && !rows.is_empty() {
@@ -127,9 +168,19 @@ impl LedgerGate {
                         Err(unavailable) => return Err(unavailable),
                     }
                 }
+                self.count_refused(event, &refused);
                 Ok(refused)
             }
             Err(unavailable) => Err(unavailable),
+        }
+    }
+
+    /// Counts and logs the orders the ledger refused (each also fails its entry's attempt).
+    fn count_refused(&self, event: &EventId, refused: &[Refused]) {
+        for Refused { order_id, reason } in refused {
+            self.metrics.ledger_refused(Refusal::Order);
+            tracing::warn!(%event, order = %order_id, %reason,
+                "the ledger refused an order; its entry's attempt fails (parked after MAX_DELIVERIES)");
         }
     }
 

@@ -24,6 +24,10 @@
 //! - `flashsale_ledger_up`: 1 while the ledger (PostgreSQL) answers; `flashsale_ledger_errors_total`
 //!   failed ledger calls (retried); `flashsale_ledger_write_seconds` the time of one batch's
 //!   write; `flashsale_ledger_lag_seconds` reservation (202) to recorded in the ledger.
+//! - `flashsale_ledger_refusals_total{what}`: what the ledger refused as the data's fault
+//!   (a constraint, a value out of range: SQLSTATE classes 22 and 23), never an outage:
+//!   `order` (its entry's attempt fails, parked after `MAX_DELIVERIES`) or `event` (its
+//!   configuration row; its orders are refused too).
 //! - `flashsale_redis_reconciliations_total`, `flashsale_orders_restored_total`: a restarted
 //!   Redis reconciled with the ledger before sales resumed (the fence), and what came back.
 //! - `flashsale_ledger_drift_units{event}`: Redis's confirmed units minus the ledger's (0 when
@@ -44,6 +48,22 @@ use metrics::{Counter, Gauge, Histogram};
 const LAG_BUCKETS: &[f64] =
     &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
 
+/// What the ledger refused (`flashsale_ledger_refusals_total{what}`): a fixed set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Refusal {
+    Order,
+    Event,
+}
+
+impl Refusal {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Order => "order",
+            Self::Event => "event",
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct WorkerMetrics {
     registry: Metrics,
@@ -61,6 +81,7 @@ pub struct WorkerMetrics {
     pub finalize_lag: Histogram,
     pub ledger_up: Gauge,
     pub ledger_errors: Counter,
+    ledger_refusals: HashMap<Refusal, Counter>,
     pub ledger_write: Histogram,
     pub ledger_lag: Histogram,
     pub stream_pending: Gauge,
@@ -169,6 +190,18 @@ impl WorkerMetrics {
                 "Failed ledger calls (the work is retried; no order is counted against).",
                 &[],
             ),
+            ledger_refusals: [Refusal::Order, Refusal::Event]
+                .into_iter()
+                .map(|what| {
+                    let counter = registry.counter(
+                        "flashsale_ledger_refusals_total",
+                        "Rows the ledger refused as the data's fault (a constraint, a value out of \
+                         range), by what: an order (its entry's attempt fails) or an event's configuration.",
+                        &[("what", what.label())],
+                    );
+                    (what, counter)
+                })
+                .collect(),
             ledger_write: registry.histogram(
                 "flashsale_ledger_write_seconds",
                 "Time to record one batch of orders in the ledger.",
@@ -199,6 +232,13 @@ impl WorkerMetrics {
     pub fn dead_lettered(&self, reason: &str) {
         let counter = self.dead_lettered.get(reason).or_else(|| self.dead_lettered.get("unparseable"));
         if let Some(counter) = counter {
+            counter.increment(1);
+        }
+    }
+
+    /// Counts a row the ledger refused.
+    pub(crate) fn ledger_refused(&self, what: Refusal) {
+        if let Some(counter) = self.ledger_refusals.get(&what) {
             counter.increment(1);
         }
     }

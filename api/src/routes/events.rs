@@ -20,8 +20,13 @@ use crate::openapi::{
 };
 use crate::state::AppState;
 
-/// Larger stocks would not be exact in Lua's double-precision numbers.
+/// Larger stocks would not be exact in Lua's double-precision numbers (and this is far below
+/// the ledger's `events.stock bigint`).
 const MAX_STOCK: u64 = 1_000_000_000;
+/// The ledger's `events.per_user_limit` is an `integer`: a larger limit was accepted here,
+/// then refused by the database at the first order, and the event's orders stayed pending.
+/// What the API accepts, the ledger holds.
+const MAX_PER_USER_LIMIT: u32 = i32::MAX as u32;
 const MAX_NAME_LEN: usize = 200;
 /// Times must lie in years 1970 to 9999 UTC, as Unix seconds (`9999-12-31T23:59:59Z`): RFC
 /// 3339 has four-digit years, and before 1970 the millisecond fields would be negative.
@@ -39,7 +44,7 @@ pub struct PutEventBody {
     stock: u64,
     /// Most units one user may hold over all their orders of this event.
     #[serde(default = "one")]
-    #[schema(minimum = 1, default = 1)]
+    #[schema(minimum = 1, maximum = 2_147_483_647, default = 1)]
     per_user_limit: u32,
     /// A display name.
     #[serde(default)]
@@ -66,8 +71,11 @@ impl PutEventBody {
         if !(1..=MAX_STOCK).contains(&self.stock) {
             invalid.push(InvalidField::new("stock", format!("must be between 1 and {MAX_STOCK}")));
         }
-        if self.per_user_limit == 0 {
-            invalid.push(InvalidField::new("per_user_limit", "must be at least 1"));
+        if !(1..=MAX_PER_USER_LIMIT).contains(&self.per_user_limit) {
+            invalid.push(InvalidField::new(
+                "per_user_limit",
+                format!("must be between 1 and {MAX_PER_USER_LIMIT}"),
+            ));
         }
         if let Some(name) = &self.name
             && (name.trim().is_empty()
@@ -167,8 +175,18 @@ pub(crate) async fn load(state: &AppState, id: &EventId) -> Result<EventView, Ap
     if let Some(snapshot) = snapshot {
         return Ok(EventView::new(id, snapshot));
     }
+    // A public read of any id: an id the ledger just did not have is not asked again for a
+    // second, so a flood of unknown ids is not a flood of database queries.
+    let now = std::time::Instant::now();
+    if state.event_misses().contains(id, now) {
+        return Err(ApiError::EventNotFound);
+    }
     let recorded = state.ledger(|ledger| async move { ledger.event(id).await }).await?.flatten();
-    recorded.filter(|e| e.left_redis_at.is_some()).map(EventView::from_ledger).ok_or(ApiError::EventNotFound)
+    let found = recorded.filter(|e| e.left_redis_at.is_some()).map(EventView::from_ledger);
+    if found.is_none() {
+        state.event_misses().insert(id.clone(), now);
+    }
+    found.ok_or(ApiError::EventNotFound)
 }
 
 crate::problems! {

@@ -7,6 +7,9 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use serde_json::{Value, json};
 
+use std::time::Instant;
+
+use crate::readiness::Verdict;
 use crate::state::AppState;
 use flashsale_shared::connection;
 
@@ -24,13 +27,23 @@ pub async fn healthz() -> Json<Value> {
 /// write: a full, read-only or misconfigured Redis refuses it), its eviction policy cannot
 /// evict a live event's keys, every script is cached, and a worker has reconciled it with the
 /// ledger since it started (the purchase script is loaded: the fence). A Redis that restarted
-/// gets the other scripts loaded here; the purchase script only a worker loads.
+/// gets the other scripts loaded here; the purchase script only a worker loads. The answer is
+/// at most about a second old (sooner after a request saw Redis fail).
 #[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
     responses(
         (status = 200, description = "Ready", body = Object, example = json!({"status": "ready"})),
         ServerProblems,
     ))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    // Public and polled: answered from a check at most a second old, one per gateway however
+    // many callers (see `crate::readiness`).
+    let verdict = state.readiness().get(Instant::now(), || async { Verdict::of(check(&state).await) });
+    verdict.await.into_result()?;
+    Ok(Json(json!({"status": "ready"})))
+}
+
+/// One readiness check: a few Redis commands.
+async fn check(state: &AppState) -> Result<(), ApiError> {
     let info = state
         .redis(Mutation::Read, |mut conn| async move {
             let info = connection::server_info(&mut conn).await?;
@@ -61,8 +74,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
             cause: "Redis is a replica".into(),
         });
     }
-    state.may_sell().await?;
-    Ok(Json(json!({"status": "ready"})))
+    state.may_sell().await
 }
 
 /// Prometheus metrics (text exposition format).

@@ -142,13 +142,24 @@ pub async fn get_order(
         return Ok(Json(OrderView::new(&event, order_id, order)));
     }
     // Not in Redis: its event may have left Redis, and the ledger holds every one of its orders.
+    // An order the ledger just did not have is not asked again for a second (an order is in
+    // Redis from its 202 until its event leaves, by then in the ledger), so polling unknown
+    // ids is not a database query each.
+    let (now, missed) = (std::time::Instant::now(), (event.clone(), order_id));
+    if state.order_misses().contains(&missed, now) {
+        return Err(ApiError::OrderNotFound);
+    }
     let recorded = state
         .ledger(|ledger| {
             let event = event.clone();
             async move { ledger.order(&event, order_id).await }
         })
-        .await?;
-    let order = recorded.flatten().filter(|order| visible(&order.user_id)).ok_or(ApiError::OrderNotFound)?;
+        .await?
+        .flatten();
+    if recorded.is_none() {
+        state.order_misses().insert(missed, now);
+    }
+    let order = recorded.filter(|order| visible(&order.user_id)).ok_or(ApiError::OrderNotFound)?;
     Ok(Json(OrderView::from_ledger(order)))
 }
 

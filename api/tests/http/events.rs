@@ -120,3 +120,21 @@ async fn invalid_event_configs_are_422_and_change_nothing() {
     app.api.get_event("e").await.assert_problem(404, "event_not_found");
     app.api.put_event("bad{id}", json!({"stock": 1})).await.assert_problem(422, "invalid_fields");
 }
+
+/// The ledger's `per_user_limit` is an `integer`: a larger limit used to be accepted here and
+/// then refused by the database at the first order, leaving the event's orders pending.
+#[tokio::test]
+async fn a_per_user_limit_the_ledger_cannot_hold_is_422_naming_it_and_changes_nothing() {
+    let app = spawn_app().await;
+    for limit in [2_147_483_648_u64, 4_294_967_295] {
+        let reply = app.api.put_event("wide", json!({"stock": 1, "per_user_limit": limit})).await;
+        reply.assert_problem(422, "invalid_fields");
+        assert_eq!(reply.body["invalid_params"][0]["name"], "per_user_limit", "{reply:?}");
+    }
+    app.api.get_event("wide").await.assert_problem(404, "event_not_found");
+    // The largest the ledger holds is taken.
+    let largest =
+        app.api.put_event("wide", json!({"stock": 1_000_000_000, "per_user_limit": 2_147_483_647})).await;
+    assert_eq!(largest.status, StatusCode::CREATED, "{largest:?}");
+    assert_eq!(largest.body["per_user_limit"], 2_147_483_647_u64);
+}

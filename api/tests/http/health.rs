@@ -80,3 +80,102 @@ async fn the_openapi_document_covers_every_route_and_problem() {
     assert!(purchase["409"]["content"].get("application/problem+json").is_some());
     assert!(paths["/v1/events/{event_id}"]["put"]["security"].is_array(), "admin route declares its token");
 }
+
+/// The calls Redis has served of each command named, from `INFO commandstats`.
+async fn calls(redis: &testkit::RedisServer, commands: &[&str]) -> u64 {
+    let mut conn = redis.conn().await;
+    let stats: String = redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await.unwrap();
+    stats
+        .lines()
+        .filter_map(|line| {
+            let (name, rest) = line.trim().strip_prefix("cmdstat_")?.split_once(':')?;
+            // Redis 7 names subcommands apart: `cmdstat_script|exists`.
+            let command = name.split('|').next()?;
+            commands.contains(&command).then_some(rest)
+        })
+        .filter_map(|rest| rest.split(',').find_map(|kv| kv.strip_prefix("calls="))?.parse::<u64>().ok())
+        .sum()
+}
+
+/// `/readyz` is public: a flood of it (16 clients for 2 s, during a sale) must cost Redis a
+/// handful of commands a second, not a check per call (it used to run `INFO`, a probe write
+/// and `SCRIPT EXISTS` on every call: 64k commands for 16k calls).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_of_readiness_probes_costs_redis_one_check_a_second() {
+    let mut app = spawn_app().await;
+    app.start_worker().await;
+    app.api.create_event("drop", 1_000_000, 1).await;
+    testkit::wait_until(Duration::from_secs(10), "the gateway ready", || async {
+        (app.api.send(Method::GET, "/readyz", &[], None).await.status == StatusCode::OK).then_some(())
+    })
+    .await;
+    const PROBE_COMMANDS: &[&str] = &["info", "script", "set"];
+    let before = calls(&app.redis, PROBE_COMMANDS).await;
+    let started = Instant::now();
+    let flood = Duration::from_secs(2);
+    let probes: Vec<_> = (0..16)
+        .map(|_| {
+            let api = app.api.clone();
+            tokio::spawn(async move {
+                let mut answered = 0_u64;
+                while started.elapsed() < flood {
+                    let reply = api.send(Method::GET, "/readyz", &[], None).await;
+                    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+                    answered += 1;
+                }
+                answered
+            })
+        })
+        .collect();
+    // A sale goes on meanwhile.
+    let mut buyers = 0;
+    while started.elapsed() < flood {
+        let reply = app.api.purchase("drop", &format!("buyer-{buyers}"), 1, None).await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
+        buyers += 1;
+    }
+    let mut answered = 0;
+    for probe in probes {
+        answered += probe.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    let spent = calls(&app.redis, PROBE_COMMANDS).await - before;
+    // One check a second is INFO, SET and two SCRIPT EXISTS; the gateway's own Redis watch
+    // adds an INFO a second, the worker's loops a few more. Bounded by time, not by calls.
+    let seconds = elapsed.as_secs() + 1;
+    eprintln!("{answered} /readyz answers in {elapsed:?} cost Redis {spent} INFO/SCRIPT/SET commands");
+    assert!(answered > 16, "the probes were answered: {answered}");
+    assert!(spent <= 12 * seconds, "{answered} probes in {elapsed:?} cost {spent} INFO/SCRIPT/SET commands");
+}
+
+/// Unknown event and order ids fall back from Redis to the ledger: a flood of them must not
+/// be a database query each (they are remembered as missing for about a second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unknown_ids_read_the_ledger_about_once_a_second_not_once_a_request() {
+    let pg = testkit::Postgres::start();
+    pg.psql("alter system set log_statement = 'all'");
+    pg.psql("select pg_reload_conf()");
+    let app = crate::helpers::spawn_app_with(|c| {
+        c.ledger = flashsale_ledger::LedgerArgs::new(&pg.url()).expect("valid URL");
+    })
+    .await;
+    app.api.create_event("drop", 5, 1).await;
+    let started = Instant::now();
+    let mut requests = 0_u64;
+    while requests < 400 {
+        let ghost = format!("ghost-{}", requests % 4);
+        app.api.get_event(&ghost).await.assert_problem(404, "event_not_found");
+        let order = format!("00000000-0000-4000-8000-00000000000{}", requests % 4);
+        app.api.get_order("drop", &order).await.assert_problem(404, "order_not_found");
+        requests += 2;
+    }
+    let elapsed = started.elapsed();
+    let log = pg.log();
+    let queries = log.matches("from events e where e.event_id").count()
+        + log.matches("from orders where event_id = $1 and order_id = $2").count();
+    // Four unknown ids of each kind, each read at most once per second remembered.
+    let bound = 8 * (elapsed.as_secs() + 1) as usize;
+    eprintln!("{requests} reads of unknown ids in {elapsed:?} cost the ledger {queries} queries");
+    assert!(queries >= 1, "the ledger was asked at all (log_statement works)");
+    assert!(queries <= bound, "{requests} reads of unknown ids in {elapsed:?} cost {queries} ledger queries");
+}

@@ -15,5 +15,7 @@ mod fence;
 mod hardening;
 mod ledger;
 mod operators;
+mod refusals;
 mod sale;
 mod slowlog;
+mod takeover;
