@@ -108,6 +108,32 @@ pub async fn list(
     Ok(letters)
 }
 
+/// The orders parked in the event's dead-letter stream (named by a dead letter and pending in
+/// Redis), read a page at a time. What heals a ledger that still says `confirmed` for one (a
+/// worker stopped between the park and its ledger update): `worker/src/batch.rs`.
+pub async fn parked_orders(
+    conn: &mut impl ConnectionLike,
+    keys: &EventKeys,
+) -> RedisResult<Vec<crate::domain::OrderId>> {
+    const PAGE: usize = 200;
+    let (mut after, mut parked) = (None::<String>, Vec::new());
+    loop {
+        let page = list(conn, keys, after.as_deref(), PAGE).await?;
+        parked.extend(
+            page.iter()
+                .filter(|letter| letter.is_parked())
+                .filter_map(|letter| letter.order_id.as_deref().and_then(crate::domain::OrderId::parse)),
+        );
+        if page.len() < PAGE {
+            break;
+        }
+        after = page.last().map(|letter| letter.id.clone());
+    }
+    parked.sort_unstable_by_key(|id| id.as_uuid());
+    parked.dedup();
+    Ok(parked)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {

@@ -5,7 +5,18 @@
 //! or claimed) hands them here.
 //!
 //! A crash between the commit and the acknowledgement means a redelivery whose write changes
-//! nothing. The database being down is never held against an order: the batch stays in hand,
+//! nothing.
+//!
+//! A pending order is written `confirmed` before the script confirms it, so an entry the script
+//! parks instead (its order stays pending, units held, until an operator decides) leaves a row
+//! that says `confirmed`: merchants ship from the ledger, and a Redis rebuilt from it would
+//! confirm the order. So the parked orders' rows are then marked `parked` ([`park`], one
+//! statement). Writing every row of an entry that already failed as `parked` up front would
+//! close the gap from the other side but cost a read of the attempts per batch and leave
+//! confirmed orders `parked` after a crash, with nothing left to heal them; instead the gap is
+//! healed from the dead letters (`dead_letter::parked_orders`): at the event's next batch when
+//! the update failed here, and at every reconciliation (`fence::reconcile`) before Redis is
+//! rebuilt from the ledger. The database being down is never held against an order: the batch stays in hand,
 //! uncounted, until it can be written ([`Fault`]). An order the ledger refuses is that entry's
 //! failed attempt, counted by the script.
 
@@ -43,10 +54,55 @@ pub(crate) async fn execute(
 ) -> Result<ExecutionOutcome, Fault> {
     let mut conn = ctx.redis.get();
     record_decision(ctx, &mut conn, &stream.event).await?;
+    if ctx.ledger.parks_unrecorded(&stream.event) {
+        heal_parked(ctx, &mut conn, &stream.event).await?;
+    }
     let (rows, mut refused) = read_orders(&mut conn, stream, entries).await?;
     refused.extend(ctx.ledger.record(&stream.event, &rows).await?);
     let done = confirm(ctx, &mut conn, stream, entries, &refused).await?;
-    Ok(report(ctx, stream, &done))
+    let outcome = report(ctx, stream, &done);
+    park(ctx, stream, entries, &done).await?;
+    Ok(outcome)
+}
+
+/// Marks the ledger rows of the orders the script just parked `parked` (they were written
+/// `confirmed` before the call). The entries are acknowledged already, so a failure here is
+/// not retried by a redelivery: the gate remembers the event and its next batch heals it.
+async fn park(
+    ctx: &Ctx,
+    stream: &EventStream,
+    entries: &[Entry],
+    done: &[FinalizedEntry],
+) -> Result<(), Fault> {
+    let parked: Vec<OrderId> = done
+        .iter()
+        .filter(|entry| matches!(entry.outcome, EntryOutcome::Parked(_)))
+        .filter_map(|finalized| entries.iter().find(|entry| entry.id == finalized.entry_id))
+        .filter_map(|entry| match entry.order {
+            EntryOrder::Id(id) => Some(id),
+            _ => None,
+        })
+        .collect();
+    if parked.is_empty() {
+        return Ok(());
+    }
+    Ok(ctx.ledger.mark_parked(&stream.event, &parked).await?)
+}
+
+/// Marks `parked` every ledger row still `confirmed` of an order parked in the event's
+/// dead-letter stream: what a park whose ledger update was lost leaves behind. Also run by a
+/// reconciliation, before Redis is rebuilt from the ledger.
+pub(crate) async fn heal_parked(ctx: &Ctx, conn: &mut Conn, event: &EventId) -> Result<(), Fault> {
+    let keys = flashsale_shared::EventKeys::new(event);
+    let parked = flashsale_shared::dead_letter::parked_orders(conn, &keys).await?;
+    for chunk in parked.chunks(1000) {
+        ctx.ledger.mark_parked(event, chunk).await?;
+    }
+    if parked.is_empty() {
+        // Nothing to heal: forget the event.
+        ctx.ledger.mark_parked(event, &[]).await?;
+    }
+    Ok(())
 }
 
 /// Records the event's decision in the ledger when Redis's decision counter is above the one
