@@ -122,6 +122,42 @@ pub(crate) async fn record_decision(ctx: &Ctx, conn: &mut Conn, id: &EventId) ->
     Ok(())
 }
 
+/// Parks again every order the ledger records `parked` that a reconciliation brought back
+/// pending without its dead letter (Redis lost both): otherwise no operator could decide it and
+/// its units would stay held forever. Run by `fence::reconcile` after the orders are restored.
+/// Returns how many were parked again.
+pub(crate) async fn repark_restored(ctx: &Ctx, conn: &mut Conn, event: &EventId) -> Result<u64, Fault> {
+    let keys = flashsale_shared::EventKeys::new(event);
+    let known: std::collections::HashSet<OrderId> =
+        flashsale_shared::dead_letter::parked_orders(conn, &keys).await?.into_iter().collect();
+    let (mut after, mut parked) = (None, 0);
+    loop {
+        let page = ctx
+            .ledger
+            .reads()
+            .page_with_status(event, OrderStatus::Pending, after, flashsale_ledger::PAGE)
+            .await?;
+        let ids: Vec<String> = page.iter().map(|o| o.order_id.to_string()).collect();
+        let named: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let records = order::load_many(conn, &keys, &named).await?;
+        for (row, record) in page.iter().zip(records) {
+            let pending = matches!(record, Stored::Record(r) if r.status == OrderStatus::Pending);
+            if pending && !known.contains(&row.order_id) {
+                flashsale_shared::dead_letter::park_again(conn, &keys, &row.order_id, &row.scope).await?;
+                parked += 1;
+            }
+        }
+        if page.len() < flashsale_ledger::PAGE as usize {
+            break;
+        }
+        after = page.last().map(|o| o.order_id);
+    }
+    if parked > 0 {
+        tracing::warn!(%event, parked, "parked orders Redis had forgotten are parked again: an operator decides them");
+    }
+    Ok(parked)
+}
+
 /// The ledger rows of the orders the entries name (one `HMGET` of every order text they
 /// name). Entries that name no order Redis knows get no row: the script dead-letters them. A
 /// record that cannot be read (a user id out of the domain, say, which no script writes) is

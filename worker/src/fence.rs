@@ -179,6 +179,8 @@ async fn reconcile(ctx: &Ctx) -> Result<(usize, u64, u64), Fault> {
                 corrected += done.corrected;
             }
         }
+        // Parked orders restored without their dead letter get one back (an operator decides).
+        crate::batch::repark_restored(ctx, &mut conn, id).await?;
         event::register(&mut conn, id).await?;
         stream::ensure_group(&mut conn, &keys).await?;
     }
