@@ -82,7 +82,9 @@ async fn remaining(api: &Api, event: &str) -> i64 {
 async fn a_parked_order_stays_pending_across_a_redis_restart_until_an_operator_decides() {
     let mut redis = RedisServer::start_with(Durability::AofAlways);
     let pg = Postgres::start();
-    let gateway = Gateway::start(&redis.url(), &[("REDIS_TIMEOUT_MS", "300")]).await;
+    // With the ledger, for the admin listing.
+    let gateway =
+        Gateway::start(&redis.url(), &[("REDIS_TIMEOUT_MS", "300"), ("DATABASE_URL", &pg.url())]).await;
     let api = gateway.api();
     api.create_event("drop", 5, 1).await;
     let orders = buy(&api, "drop", &["alice", "bob"]).await;
@@ -102,6 +104,12 @@ async fn a_parked_order_stays_pending_across_a_redis_restart_until_an_operator_d
         assert_eq!(api.get_order("drop", order).await.body["status"], "pending", "{order} stays pending");
         assert_eq!(ledger_status(&pg, order), "parked", "{order} is not confirmed in the ledger");
     }
+    // The admin listing (from the ledger) shows a parked order as buyers see it: pending.
+    let listed = admin(&api, Method::GET, "/v1/events/drop/orders").await;
+    let listed_alice = listed.body["orders"].as_array().and_then(|orders| {
+        orders.iter().find(|o| o["order_id"] == alice.as_str()).map(|o| o["status"].clone())
+    });
+    assert_eq!(listed_alice, Some(Value::from("pending")), "{listed:?}");
     // Units held: 5 - alice - bob - carol.
     assert_eq!(remaining(&api, "drop").await, 2);
 
