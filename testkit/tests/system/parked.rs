@@ -91,6 +91,9 @@ async fn a_parked_order_stays_pending_across_a_redis_restart_until_an_operator_d
     let (alice, bob) = (orders[0].clone(), orders[1].clone());
     let (_worker, letters) = park_all(&redis, &pg, &api, "drop", &orders).await;
 
+    // As if the worker had been killed between bob's park and its ledger update: the
+    // reconciliation heals it from the dead letters before it rebuilds Redis from the ledger.
+    pg.psql(&format!("update orders set status = 'confirmed' where order_id = '{bob}'"));
     // A lossless restart: the fence reconciles from the ledger before anything sells again.
     redis.kill();
     redis.restart();
