@@ -20,6 +20,10 @@
 --   sold twice;
 -- - per order pending in Redis, final in the ledger: it takes the ledger's status (its stream
 --   entry may be gone);
+-- - a parked order (PENDING in the ledger, which records a parked order as `parked`) is never
+--   made final here: only an operator decides it (lua/resolve_dead_letter.lua). Absent from
+--   Redis it comes back pending, holding its units (remaining, the buyer's total) as when it
+--   was accepted; pending or final in Redis it is left as it is;
 -- - otherwise nothing changes. Running it twice changes nothing the second time.
 --
 -- KEYS[1] event hash, KEYS[2] orders, KEYS[3] idempotency entries, KEYS[4] user totals
@@ -27,7 +31,7 @@
 -- absent), ARGV[7] when it was configured (ms, '' unknown), ARGV[8] its state ('' selling by
 -- its window, STATE_PAUSED or STATE_ENDED), ARGV[9] paused_at, ARGV[10] ended_at (ms or ''),
 -- ARGV[11] its decision counter, ARGV[12] '1' when the ledger holds an order of the event;
--- then per order seven elements: order id, status letter (CONFIRMED or FAILED), quantity,
+-- then per order seven elements: order id, status letter (CONFIRMED, FAILED or PENDING: parked), quantity,
 -- created_ms, finalized_ms, user id, scope ('' unknown).
 -- Returns {restored, corrected, decided}: decided is 1 when Redis had lost the ledger's decision
 -- (the hash was gone or its counter was below the ledger's) and it was put back.
@@ -85,18 +89,20 @@ for i = FIRST_ORDER, #ARGV, 7 do
     ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
   local record = redis.call('HGET', KEYS[2], id)
   if not record then
+    if status == PENDING then done = '' end
     redis.call('HSET', KEYS[2], id, string.format(RECORD, status, qty, created, done, user))
     redis.call('HINCRBY', KEYS[1], EV_ACCEPTED, 1)
-    if status == CONFIRMED then
+    if status ~= FAILED then
+      -- Confirmed or parked: its units are held again.
       redis.call('HINCRBY', KEYS[1], EV_REMAINING, -qty)
-      redis.call('HINCRBY', KEYS[1], EV_CONFIRMED, qty)
+      if status == CONFIRMED then redis.call('HINCRBY', KEYS[1], EV_CONFIRMED, qty) end
       if not purged then redis.call('HINCRBY', KEYS[4], user, qty) end
     end
     if scope ~= '' and not purged then redis.call('HSET', KEYS[3], scope, id) end
     restored = restored + 1
   else
     local rstatus, rqty, rcreated, _, ruser = string.match(record, RECORD_PARTS)
-    if rstatus == PENDING then
+    if rstatus == PENDING and status ~= PENDING then
       redis.call('HSET', KEYS[2], id, string.format(RECORD, status, rqty, rcreated, done, ruser))
       if status == CONFIRMED then
         redis.call('HINCRBY', KEYS[1], EV_CONFIRMED, tonumber(rqty))

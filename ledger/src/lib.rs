@@ -43,6 +43,7 @@ pub use crate::config::{DatabaseUrl, LedgerArgs};
 const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "orders", include_str!("../migrations/0001_orders.sql")),
     (2, "event_decisions", include_str!("../migrations/0002_event_decisions.sql")),
+    (4, "parked_orders", include_str!("../migrations/0004_parked_orders.sql")),
 ];
 
 /// `pg_advisory_xact_lock` key: only one process migrates at a time.
@@ -115,8 +116,8 @@ pub struct Recorded {
     pub order_id: OrderId,
     pub user_id: UserId,
     pub quantity: u32,
-    /// Final: `confirmed` or `failed` (the `orders.status` column holds nothing else, so a
-    /// pending order is refused).
+    /// `confirmed`, `failed`, or `pending` for a parked order (written as `parked`, see
+    /// [`status_column`]).
     pub status: OrderStatus,
     pub created_at: OffsetDateTime,
     pub finalized_at: OffsetDateTime,
@@ -130,7 +131,7 @@ pub struct LedgerOrder {
     pub event_id: EventId,
     pub user_id: UserId,
     pub quantity: u32,
-    /// Final: `confirmed` or `failed`.
+    /// `confirmed`, `failed`, or `pending`: a parked order (the column says `parked`).
     pub status: OrderStatus,
     pub created_at: OffsetDateTime,
     pub finalized_at: Option<OffsetDateTime>,
@@ -378,8 +379,11 @@ impl Ledger {
     }
 
     /// Records a batch of one event's finalized orders in one statement, committed on return.
-    /// An order already recorded is left as it is, except that `failed` (an operator's
-    /// decision on a parked order) replaces `confirmed`; `confirmed` never replaces `failed`.
+    /// An order already recorded is left as it is, except for an operator's decision on a
+    /// parked order: `failed` replaces `parked` (and `confirmed`: a row written before the park
+    /// was recorded), `confirmed` replaces `parked` (a redrive). Nothing else downgrades:
+    /// `confirmed` never replaces `failed`, and a stale `parked` replaces nothing (parking
+    /// goes through [`Ledger::mark_parked`]).
     /// An order id already naming a different order is refused ([`LedgerError::Refused`]: the
     /// entry's failed attempt, never a silent skip). Returns how many rows changed.
     pub async fn record(&self, event: &EventId, orders: &[Recorded]) -> Result<u64> {
@@ -392,7 +396,7 @@ impl Ledger {
         // that does not fit is refused there (22003, numeric_value_out_of_range), as that
         // row's fault, rather than silently recorded as some other quantity.
         let quantities: Vec<i64> = orders.iter().map(|o| i64::from(o.quantity)).collect();
-        let statuses: Vec<&str> = orders.iter().map(|o| o.status.as_str()).collect();
+        let statuses: Vec<&str> = orders.iter().map(|o| status_column(o.status)).collect();
         let created: Vec<OffsetDateTime> = orders.iter().map(|o| o.created_at).collect();
         let finalized: Vec<OffsetDateTime> = orders.iter().map(|o| o.finalized_at).collect();
         let scopes: Vec<&str> = orders.iter().map(|o| o.scope.as_str()).collect();
@@ -409,7 +413,8 @@ impl Ledger {
                      on conflict (order_id) do update
                        set status = excluded.status, finalized_at = excluded.finalized_at,
                            recorded_at = now()
-                       where orders.status = 'confirmed' and excluded.status = 'failed'",
+                       where (orders.status in ('confirmed', 'parked') and excluded.status = 'failed')
+                          or (orders.status = 'parked' and excluded.status = 'confirmed')",
                     &[&ids, &event, &users, &quantities, &statuses, &created, &finalized, &scopes],
                 )
                 .await?;
@@ -436,7 +441,29 @@ impl Ledger {
         .await
     }
 
-    /// How many orders of the event the ledger holds (confirmed or failed).
+    /// Records these orders of the event as parked: `finalize.lua` parked their entries (the
+    /// orders stay pending in Redis, their units held), after this worker had written them
+    /// `confirmed`. Only a `confirmed` row changes (a `failed` or a redriven order recorded
+    /// since is a later decision). Returns how many rows changed.
+    pub async fn mark_parked(&self, event: &EventId, ids: &[OrderId]) -> Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<Uuid> = ids.iter().map(|id| id.as_uuid()).collect();
+        let event = event.as_str().to_owned();
+        self.with(|client| async move {
+            Ok(client
+                .execute(
+                    "update orders set status = 'parked', finalized_at = null, recorded_at = now()
+                      where event_id = $1 and order_id = any($2) and status = 'confirmed'",
+                    &[&event, &ids],
+                )
+                .await?)
+        })
+        .await
+    }
+
+    /// How many orders of the event the ledger holds (confirmed, failed or parked).
     pub async fn count_orders(&self, event: &EventId) -> Result<u64> {
         let event = event.as_str();
         self.with(|client| async move {
@@ -472,7 +499,7 @@ impl Ledger {
             Ok(rows
                 .iter()
                 .filter_map(|row| {
-                    let status = final_status(row.get(1))?;
+                    let status = status_of(row.get(1))?;
                     Some((OrderId::from_uuid(row.get(0)), (status, row.get::<_, i32>(2).max(0) as u32)))
                 })
                 .collect())
@@ -535,7 +562,7 @@ impl Ledger {
                     "select order_id, event_id, user_id, quantity, status, created_at, finalized_at, scope
                        from orders where event_id = $1 and status = $2 and order_id > $3
                       order by order_id limit $4",
-                    &[&event, &status.as_str(), &after, &limit],
+                    &[&event, &status_column(status), &after, &limit],
                 )
                 .await;
             Ok(before_migrations(rows, Vec::new())?.iter().filter_map(order_of).collect())
@@ -670,14 +697,31 @@ fn order_of(row: &tokio_postgres::Row) -> Option<LedgerOrder> {
         event_id: EventId::parse(row.get::<_, String>(1)).ok()?,
         user_id: UserId::parse(row.get::<_, String>(2)).ok()?,
         quantity: row.get::<_, i32>(3).max(0) as u32,
-        status: final_status(row.get(4))?,
+        status: status_of(row.get(4))?,
         created_at: row.get(5),
         finalized_at: row.get(6),
         scope: row.get(7),
     })
 }
 
-/// An `orders.status` value: only final statuses are ever recorded.
-fn final_status(text: &str) -> Option<OrderStatus> {
+/// The `orders.status` value of a status. The only pending orders the ledger holds are parked
+/// ones (a worker records an order when it finalizes it, and records a park), so the column
+/// says `parked`, which tells a merchant why the order is neither shippable nor failed; Rust
+/// keeps one status type, where a parked order is what Redis and the buyer see: pending.
+pub fn status_column(status: OrderStatus) -> &'static str {
+    match status {
+        OrderStatus::Pending => PARKED,
+        final_status => final_status.as_str(),
+    }
+}
+
+/// The `orders.status` value of a parked order (migration 4).
+pub const PARKED: &str = "parked";
+
+/// The inverse of [`status_column`]; `None` for a value no worker wrote.
+fn status_of(text: &str) -> Option<OrderStatus> {
+    if text == PARKED {
+        return Some(OrderStatus::Pending);
+    }
     OrderStatus::parse(text).filter(|status| status.is_final())
 }

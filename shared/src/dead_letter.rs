@@ -108,6 +108,86 @@ pub async fn list(
     Ok(letters)
 }
 
+/// The orders parked in the event's dead-letter stream (named by a dead letter and pending in
+/// Redis), read a page at a time. What heals a ledger that still says `confirmed` for one (a
+/// worker stopped between the park and its ledger update): `worker/src/batch.rs`.
+pub async fn parked_orders(
+    conn: &mut impl ConnectionLike,
+    keys: &EventKeys,
+) -> RedisResult<Vec<crate::domain::OrderId>> {
+    const PAGE: usize = 200;
+    let (mut after, mut parked) = (None::<String>, Vec::new());
+    loop {
+        let page = list(conn, keys, after.as_deref(), PAGE).await?;
+        parked.extend(
+            page.iter()
+                .filter(|letter| letter.is_parked())
+                .filter_map(|letter| letter.order_id.as_deref().and_then(crate::domain::OrderId::parse)),
+        );
+        if page.len() < PAGE {
+            break;
+        }
+        after = page.last().map(|letter| letter.id.clone());
+    }
+    parked.sort_unstable_by_key(|id| id.as_uuid());
+    parked.dedup();
+    Ok(parked)
+}
+
+/// Parks an order again whose dead letter Redis lost (it restarted from an older snapshot, or
+/// empty, and the ledger brought the order back pending, as `parked`): without a dead letter
+/// no operator could decide it. The letter names no stream entry (that entry is gone too) and
+/// carries the order's scope, as `lua/finalize.lua` would. Two workers reconciling at once may
+/// both add one: resolving the first decides the order, the second is then just removed.
+pub async fn park_again(
+    conn: &mut impl ConnectionLike,
+    keys: &EventKeys,
+    order_id: &crate::domain::OrderId,
+    scope: &str,
+) -> RedisResult<()> {
+    use crate::schema::stream as entry;
+    let order = order_id.to_string();
+    // The JSON array cjson.encode gives finalize.lua's letters (serde_json is no dependency
+    // of this crate for one line).
+    let quote = |text: &str| {
+        let mut out = String::from('"');
+        for c in text.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    };
+    let payload =
+        format!("[{},{},{},{}]", quote(entry::ORDER), quote(&order), quote(entry::SCOPE), quote(scope));
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    redis::cmd("XADD")
+        .arg(&keys.dead)
+        .arg("*")
+        .arg(fields::ENTRY)
+        .arg("")
+        .arg(fields::REASON)
+        .arg(PARKED_REASON)
+        .arg(fields::DELIVERIES)
+        .arg(0)
+        .arg(fields::ORDER)
+        .arg(&order)
+        .arg(fields::PAYLOAD)
+        .arg(payload)
+        .arg(fields::AT)
+        .arg(now_ms)
+        .arg(fields::ERROR)
+        .arg("parked again after a Redis restart: the ledger records it parked")
+        .exec_async(conn)
+        .await
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {

@@ -5,7 +5,18 @@
 //! or claimed) hands them here.
 //!
 //! A crash between the commit and the acknowledgement means a redelivery whose write changes
-//! nothing. The database being down is never held against an order: the batch stays in hand,
+//! nothing.
+//!
+//! A pending order is written `confirmed` before the script confirms it, so an entry the script
+//! parks instead (its order stays pending, units held, until an operator decides) leaves a row
+//! that says `confirmed`: merchants ship from the ledger, and a Redis rebuilt from it would
+//! confirm the order. So the parked orders' rows are then marked `parked` ([`park`], one
+//! statement). Writing every row of an entry that already failed as `parked` up front would
+//! close the gap from the other side but cost a read of the attempts per batch and leave
+//! confirmed orders `parked` after a crash, with nothing left to heal them; instead the gap is
+//! healed from the dead letters (`dead_letter::parked_orders`): at the event's next batch when
+//! the update failed here, and at every reconciliation (`fence::reconcile`) before Redis is
+//! rebuilt from the ledger. The database being down is never held against an order: the batch stays in hand,
 //! uncounted, until it can be written ([`Fault`]). An order the ledger refuses is that entry's
 //! failed attempt, counted by the script.
 
@@ -43,10 +54,55 @@ pub(crate) async fn execute(
 ) -> Result<ExecutionOutcome, Fault> {
     let mut conn = ctx.redis.get();
     record_decision(ctx, &mut conn, &stream.event).await?;
+    if ctx.ledger.parks_unrecorded(&stream.event) {
+        heal_parked(ctx, &mut conn, &stream.event).await?;
+    }
     let (rows, mut refused) = read_orders(&mut conn, stream, entries).await?;
     refused.extend(ctx.ledger.record(&stream.event, &rows).await?);
     let done = confirm(ctx, &mut conn, stream, entries, &refused).await?;
-    Ok(report(ctx, stream, &done))
+    let outcome = report(ctx, stream, &done);
+    park(ctx, stream, entries, &done).await?;
+    Ok(outcome)
+}
+
+/// Marks the ledger rows of the orders the script just parked `parked` (they were written
+/// `confirmed` before the call). The entries are acknowledged already, so a failure here is
+/// not retried by a redelivery: the gate remembers the event and its next batch heals it.
+async fn park(
+    ctx: &Ctx,
+    stream: &EventStream,
+    entries: &[Entry],
+    done: &[FinalizedEntry],
+) -> Result<(), Fault> {
+    let parked: Vec<OrderId> = done
+        .iter()
+        .filter(|entry| matches!(entry.outcome, EntryOutcome::Parked(_)))
+        .filter_map(|finalized| entries.iter().find(|entry| entry.id == finalized.entry_id))
+        .filter_map(|entry| match entry.order {
+            EntryOrder::Id(id) => Some(id),
+            _ => None,
+        })
+        .collect();
+    if parked.is_empty() {
+        return Ok(());
+    }
+    Ok(ctx.ledger.mark_parked(&stream.event, &parked).await?)
+}
+
+/// Marks `parked` every ledger row still `confirmed` of an order parked in the event's
+/// dead-letter stream: what a park whose ledger update was lost leaves behind. Also run by a
+/// reconciliation, before Redis is rebuilt from the ledger.
+pub(crate) async fn heal_parked(ctx: &Ctx, conn: &mut Conn, event: &EventId) -> Result<(), Fault> {
+    let keys = flashsale_shared::EventKeys::new(event);
+    let parked = flashsale_shared::dead_letter::parked_orders(conn, &keys).await?;
+    for chunk in parked.chunks(1000) {
+        ctx.ledger.mark_parked(event, chunk).await?;
+    }
+    if parked.is_empty() {
+        // Nothing to heal: forget the event.
+        ctx.ledger.mark_parked(event, &[]).await?;
+    }
+    Ok(())
 }
 
 /// Records the event's decision in the ledger when Redis's decision counter is above the one
@@ -64,6 +120,42 @@ pub(crate) async fn record_decision(ctx: &Ctx, conn: &mut Conn, id: &EventId) ->
     // The ledger keeps the later decision whatever this one is (a stale read loses there).
     ctx.ledger.record_decision(id, &snapshot.decision()).await?;
     Ok(())
+}
+
+/// Parks again every order the ledger records `parked` that a reconciliation brought back
+/// pending without its dead letter (Redis lost both): otherwise no operator could decide it and
+/// its units would stay held forever. Run by `fence::reconcile` after the orders are restored.
+/// Returns how many were parked again.
+pub(crate) async fn repark_restored(ctx: &Ctx, conn: &mut Conn, event: &EventId) -> Result<u64, Fault> {
+    let keys = flashsale_shared::EventKeys::new(event);
+    let known: std::collections::HashSet<OrderId> =
+        flashsale_shared::dead_letter::parked_orders(conn, &keys).await?.into_iter().collect();
+    let (mut after, mut parked) = (None, 0);
+    loop {
+        let page = ctx
+            .ledger
+            .reads()
+            .page_with_status(event, OrderStatus::Pending, after, flashsale_ledger::PAGE)
+            .await?;
+        let ids: Vec<String> = page.iter().map(|o| o.order_id.to_string()).collect();
+        let named: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let records = order::load_many(conn, &keys, &named).await?;
+        for (row, record) in page.iter().zip(records) {
+            let pending = matches!(record, Stored::Record(r) if r.status == OrderStatus::Pending);
+            if pending && !known.contains(&row.order_id) {
+                flashsale_shared::dead_letter::park_again(conn, &keys, &row.order_id, &row.scope).await?;
+                parked += 1;
+            }
+        }
+        if page.len() < flashsale_ledger::PAGE as usize {
+            break;
+        }
+        after = page.last().map(|o| o.order_id);
+    }
+    if parked > 0 {
+        tracing::warn!(%event, parked, "parked orders Redis had forgotten are parked again: an operator decides them");
+    }
+    Ok(parked)
 }
 
 /// The ledger rows of the orders the entries name (one `HMGET` of every order text they

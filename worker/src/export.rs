@@ -1,10 +1,13 @@
 //! `flashsale-worker export --event E --format csv|jsonl`: the event's recorded orders, from
 //! the ledger, a page at a time (`Ledger::pages`), on stdout (exit 0), ordered by order id.
+//! Statuses as the ledger's column spells them: `confirmed`, `failed`, or `parked` (an order
+//! waiting for an operator, not to be shipped).
 
 use std::io::Write;
 use std::process::ExitCode;
 
-use flashsale_ledger::LedgerOrder;
+// The ledger's own spelling: a parked order exports as `parked`, as merchants read it in SQL.
+use flashsale_ledger::{LedgerOrder, status_column};
 use flashsale_shared::EventId;
 
 use crate::config::{Config, ExportFormat};
@@ -47,13 +50,13 @@ fn line(order: &LedgerOrder, format: ExportFormat) -> String {
             order.event_id,
             order.user_id,
             order.quantity,
-            order.status.as_str(),
+            status_column(order.status),
             rfc3339(order.created_at),
             order.finalized_at.map(rfc3339).unwrap_or_default()
         ),
         ExportFormat::Jsonl => serde_json::json!({
             "order_id": order.order_id.to_string(), "event_id": order.event_id.as_str(),
-            "user_id": order.user_id.as_str(), "quantity": order.quantity, "status": order.status.as_str(),
+            "user_id": order.user_id.as_str(), "quantity": order.quantity, "status": status_column(order.status),
             "created_at": rfc3339(order.created_at), "finalized_at": order.finalized_at.map(rfc3339),
         })
         .to_string(),

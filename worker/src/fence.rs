@@ -153,6 +153,9 @@ async fn reconcile(ctx: &Ctx) -> Result<(usize, u64, u64), Fault> {
         if put_back.decided {
             log_decision_restored(id, &decision);
         }
+        // An order parked in Redis whose row still says `confirmed` (see `batch::park`) is
+        // marked parked first, so it is restored pending, its units held, never confirmed.
+        crate::batch::heal_parked(ctx, &mut conn, id).await?;
         let mut pages = ctx.ledger.reads().pages(id);
         while let Some(page) = pages.next_page().await? {
             for chunk in page.chunks(RESTORE_CHUNK) {
@@ -176,6 +179,8 @@ async fn reconcile(ctx: &Ctx) -> Result<(usize, u64, u64), Fault> {
                 corrected += done.corrected;
             }
         }
+        // Parked orders restored without their dead letter get one back (an operator decides).
+        crate::batch::repark_restored(ctx, &mut conn, id).await?;
         event::register(&mut conn, id).await?;
         stream::ensure_group(&mut conn, &keys).await?;
     }

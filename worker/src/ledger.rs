@@ -4,7 +4,7 @@
 //! refused batch into the orders to blame. It reads nothing from Redis: what to write comes
 //! from the batch (`batch`), and failures go to the one failure policy (`failure`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -40,6 +40,11 @@ pub(crate) struct LedgerGate {
     /// refusal being taken for an outage that holds the batch, and every batch after it,
     /// forever. Tried again at each batch, so a corrected row lets the orders through.
     events_refused: Mutex<HashMap<EventId, String>>,
+    /// Events where `finalize.lua` parked an order whose ledger row this process could not then
+    /// mark parked (the database was down): healed from the dead letters at the event's next
+    /// batch ([`crate::batch`]), so the row does not say `confirmed` until the next
+    /// reconciliation.
+    parks_unrecorded: Mutex<HashSet<EventId>>,
     metrics: Arc<WorkerMetrics>,
     /// The `crash-after-ledger-write` failpoint (tests only).
     crash_after_write: bool,
@@ -52,6 +57,7 @@ impl LedgerGate {
             up: AtomicBool::new(false),
             decisions: Mutex::new(HashMap::new()),
             events_refused: Mutex::new(HashMap::new()),
+            parks_unrecorded: Mutex::new(HashSet::new()),
             metrics,
             crash_after_write,
         }
@@ -173,6 +179,33 @@ impl LedgerGate {
             }
             Err(unavailable) => Err(unavailable),
         }
+    }
+
+    /// Records these orders as parked (`confirmed` rows become `parked`). When the database is
+    /// down the event is remembered ([`LedgerGate::parks_unrecorded`]) and the error returned.
+    pub(crate) async fn mark_parked(&self, event: &EventId, orders: &[OrderId]) -> Result<(), LedgerError> {
+        let result = self.ledger.mark_parked(event, orders).await;
+        let mut unrecorded = self.parks_unrecorded.lock().unwrap_or_else(|p| p.into_inner());
+        match &result {
+            Ok(_) => {
+                if !orders.is_empty() {
+                    self.set_up(true);
+                }
+                unrecorded.remove(event);
+            }
+            Err(error) => {
+                if matches!(error, LedgerError::Unavailable(_)) {
+                    self.set_up(false);
+                }
+                unrecorded.insert(event.clone());
+            }
+        }
+        result.map(|_| ())
+    }
+
+    /// Whether a park of the event still waits for its ledger update.
+    pub(crate) fn parks_unrecorded(&self, event: &EventId) -> bool {
+        self.parks_unrecorded.lock().unwrap_or_else(|p| p.into_inner()).contains(event)
     }
 
     /// Counts and logs the orders the ledger refused (each also fails its entry's attempt).

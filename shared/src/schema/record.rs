@@ -53,7 +53,8 @@ impl OrderStatus {
         Self::ALL.into_iter().find(|status| status.letter() == letter)
     }
 
-    /// Whether a worker or an operator has decided it (the ledger holds only these today).
+    /// Whether a worker or an operator has decided it. The ledger holds these, and parked
+    /// orders, which are pending (its column spells them `parked`: `flashsale_ledger::status_column`).
     pub fn is_final(self) -> bool {
         self != Self::Pending
     }

@@ -15,6 +15,7 @@ mod fence;
 mod hardening;
 mod ledger;
 mod operators;
+mod parked;
 mod refusals;
 mod sale;
 mod slowlog;
