@@ -61,6 +61,14 @@ pub async fn put(
                 })?,
         ),
     };
+    // Registered before the event exists, never after: `fs:events` lives in another Cluster
+    // slot, so the two cannot be one script, and a crash between them must not leave an event
+    // that sells while no worker consumes it. A registration whose event does not exist (the
+    // script then failed, refused, or never ran) is harmless: discovery creates the group on
+    // the stream, consumers read nothing, `lua/ensure_group.lua` and the gauges skip it, and
+    // `remove` (or the fence's reconciliation) drops it. Re-adding on every PUT, a conflict
+    // included, costs one SADD and heals any registration lost before.
+    register(conn, id).await?;
     let outcome: String = PUT_EVENT
         .key(&keys.event)
         .arg(config.stock)
@@ -80,11 +88,6 @@ pub async fn put(
             return Err(reply::unexpected("a put_event outcome", &redis::Value::SimpleString(other.into())));
         }
     };
-    if outcome != PutOutcome::Conflict {
-        // Outside the script: `fs:events` lives in another Cluster slot. Re-adding on every
-        // PUT heals a registration lost to a crash between the two calls.
-        redis::cmd("SADD").arg(keys::EVENTS).arg(id.as_str()).exec_async(conn).await?;
-    }
     Ok(outcome)
 }
 
@@ -454,6 +457,11 @@ pub async fn restore(
     }
     let (restored, corrected, decided): (u64, u64, u64) = invocation.invoke_async(conn).await?;
     Ok(Restored { restored, corrected, decided: decided == 1 })
+}
+
+/// Whether the event's hash is in Redis (a registration may name an event not created yet).
+pub async fn exists(conn: &mut impl ConnectionLike, id: &EventId) -> RedisResult<bool> {
+    redis::cmd("EXISTS").arg(&EventKeys::new(id).event).query_async(conn).await
 }
 
 /// Registers the event so workers consume it (again, after a restore).
