@@ -348,19 +348,39 @@ pub async fn is_purged(conn: &mut impl ConnectionLike, keys: &EventKeys) -> Redi
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Removal {
     Removed,
+    /// Asked with [`Leaving::Check`]: every check holds, the event may leave.
+    Ready,
     /// Not yet: the reason `lua/remove_event.lua` gave.
     Kept(&'static str),
 }
 
+/// What [`remove`] is asked, in the order the worker asks it (`lua/remove_event.lua`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leaving {
+    /// Whether the event may leave: every check, nothing removed.
+    Check,
+    /// Every check again, then the removal.
+    Remove,
+    /// The ledger already says the event left: this copy came back (a restored snapshot) or a
+    /// removal was interrupted. It goes unless Redis accepted more orders than the ledger holds.
+    Left,
+}
+
 /// Removes every key of an ended, purged, drained event whose `ledger_orders` (the ledger's
 /// count of its orders) equals the orders it ever accepted (`lua/remove_event.lua`), then its
-/// registration, so workers stop polling it.
+/// registration, so workers stop polling it. Each call is safe to repeat.
 pub async fn remove(
     conn: &mut impl ConnectionLike,
     id: &EventId,
     ledger_orders: u64,
+    leaving: Leaving,
 ) -> RedisResult<Removal> {
     let keys = EventKeys::new(id);
+    let mode = match leaving {
+        Leaving::Check => "check",
+        Leaving::Remove => "remove",
+        Leaving::Left => "left",
+    };
     let outcome: String = REMOVE_EVENT
         .key(&keys.event)
         .key(&keys.orders)
@@ -371,13 +391,15 @@ pub async fn remove(
         .key(&keys.attempts)
         .arg(CONSUMER_GROUP)
         .arg(ledger_orders)
+        .arg(mode)
         .invoke_async(conn)
         .await?;
     let kept = match outcome.as_str() {
         "removed" => {
-            redis::cmd("SREM").arg(keys::EVENTS).arg(id.as_str()).exec_async(conn).await?;
+            unregister(conn, id).await?;
             return Ok(Removal::Removed);
         }
+        "ready" => return Ok(Removal::Ready),
         "unknown" => "unknown",
         "not_purged" => "not_purged",
         "dead_letters" => "dead_letters",
@@ -388,6 +410,12 @@ pub async fn remove(
         }
     };
     Ok(Removal::Kept(kept))
+}
+
+/// Drops the event's registration (its keys are gone, or it never existed): workers stop
+/// polling it.
+pub async fn unregister(conn: &mut impl ConnectionLike, id: &EventId) -> RedisResult<()> {
+    redis::cmd("SREM").arg(keys::EVENTS).arg(id.as_str()).exec_async(conn).await
 }
 
 /// An order as the ledger recorded it, to be restored into Redis.
