@@ -196,8 +196,9 @@ crate::problems! {
 
 /// Create or replace an event (admin).
 ///
-/// 201 when created, 200 when the same configuration is put again or a different one
-/// replaces it before any sale, 409 `event_conflict` once the event has sales.
+/// 201 when created (also an id whose sale left Redis without any order), 200 when the same
+/// configuration is put again or a different one replaces it before any sale, 409
+/// `event_conflict` once the event has sales.
 #[utoipa::path(
     put,
     path = "/v1/events/{event_id}",
