@@ -628,17 +628,23 @@ impl Ledger {
         .await
     }
 
-    /// Marks the event as gone from Redis: the ledger alone answers for it from now on.
-    pub async fn mark_left_redis(&self, event: &EventId) -> Result<()> {
+    /// Marks the event as gone from Redis: the ledger alone answers for it from now on. Called
+    /// before Redis removes it, so the removal waits until this says `true`: the ledger holds
+    /// the event's row, with the decision that its retention is over (`purge_at` passed). Not
+    /// a row recorded since for a new event of the same id (created again after an unsold
+    /// one left, see [`Ledger::forget_unsold_left`]): its retention has not passed. Safe to
+    /// repeat (the first time stays).
+    pub async fn mark_left_redis(&self, event: &EventId) -> Result<bool> {
         let event = event.as_str().to_owned();
         self.with(|client| async move {
-            client
+            let marked = client
                 .execute(
-                    "update events set left_redis_at = coalesce(left_redis_at, now()) where event_id = $1",
+                    "update events set left_redis_at = coalesce(left_redis_at, now())
+                      where event_id = $1 and purge_at <= now()",
                     &[&event],
                 )
                 .await?;
-            Ok(())
+            Ok(marked > 0)
         })
         .await
     }

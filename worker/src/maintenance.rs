@@ -120,10 +120,18 @@ async fn leave_redis(
             return Ok(());
         }
     }
-    if let Err(error) = ctx.ledger.reads().mark_left_redis(id).await {
-        // Nothing removed yet: the next round tries again.
-        tracing::warn!(%error, event = %id, "could not note in the ledger that the event leaves Redis; retrying");
-        return Ok(());
+    match ctx.ledger.reads().mark_left_redis(id).await {
+        Ok(true) => {}
+        // The ledger has not recorded the event's row or its end of retention yet (the
+        // decision loop does within a round): nothing removed, the next round tries again.
+        Ok(false) => {
+            tracing::debug!(event = %id, "the ledger does not hold the event's end yet: it stays in Redis for now");
+            return Ok(());
+        }
+        Err(error) => {
+            tracing::warn!(%error, event = %id, "could not note in the ledger that the event leaves Redis; retrying");
+            return Ok(());
+        }
     }
     if ctx.config.failpoint == Some(crate::config::Failpoint::CrashAfterLedgerLeaveMark) {
         tracing::error!(event = %id, "failpoint crash-after-ledger-leave-mark: aborting before Redis removes the event");
