@@ -611,17 +611,67 @@ impl Ledger {
         .await
     }
 
-    /// Marks the event as gone from Redis: the ledger alone answers for it from now on.
-    pub async fn mark_left_redis(&self, event: &EventId) -> Result<()> {
+    /// Every event the ledger says left Redis, with the number of its orders the ledger holds:
+    /// what a reconciliation removes from a Redis that a restored snapshot brought them back to.
+    pub async fn events_left_redis(&self) -> Result<Vec<(EventId, u64)>> {
+        self.with(|client| async move {
+            let rows = client
+                .query(
+                    "select e.event_id, (select count(*) from orders o where o.event_id = e.event_id)
+                       from events e where e.left_redis_at is not null",
+                    &[],
+                )
+                .await;
+            Ok(before_migrations(rows, Vec::new())?
+                .iter()
+                .filter_map(|row| {
+                    let id = EventId::parse(row.get::<_, String>(0)).ok()?;
+                    Some((id, u64::try_from(row.get::<_, i64>(1)).unwrap_or(0)))
+                })
+                .collect())
+        })
+        .await
+    }
+
+    /// Forgets an event that left Redis without ever selling (its row and decision history),
+    /// so its id may be created again as a new sale. An event with an order, or still in
+    /// Redis, is kept. Safe to repeat.
+    pub async fn forget_unsold_left(&self, event: &EventId) -> Result<()> {
         let event = event.as_str().to_owned();
         self.with(|client| async move {
+            // One statement: the history goes only with the row it belongs to.
             client
                 .execute(
-                    "update events set left_redis_at = coalesce(left_redis_at, now()) where event_id = $1",
+                    "with gone as (
+                         delete from events e where e.event_id = $1 and e.left_redis_at is not null
+                           and not exists (select 1 from orders o where o.event_id = e.event_id)
+                         returning e.event_id)
+                     delete from event_decisions d using gone where d.event_id = gone.event_id",
                     &[&event],
                 )
                 .await?;
             Ok(())
+        })
+        .await
+    }
+
+    /// Marks the event as gone from Redis: the ledger alone answers for it from now on. Called
+    /// before Redis removes it, so the removal waits until this says `true`: the ledger holds
+    /// the event's row, with the decision that its retention is over (`purge_at` passed). Not
+    /// a row recorded since for a new event of the same id (created again after an unsold
+    /// one left, see [`Ledger::forget_unsold_left`]): its retention has not passed. Safe to
+    /// repeat (the first time stays).
+    pub async fn mark_left_redis(&self, event: &EventId) -> Result<bool> {
+        let event = event.as_str().to_owned();
+        self.with(|client| async move {
+            let marked = client
+                .execute(
+                    "update events set left_redis_at = coalesce(left_redis_at, now())
+                      where event_id = $1 and purge_at <= now()",
+                    &[&event],
+                )
+                .await?;
+            Ok(marked > 0)
         })
         .await
     }

@@ -61,6 +61,14 @@ pub async fn put(
                 })?,
         ),
     };
+    // Registered before the event exists, never after: `fs:events` lives in another Cluster
+    // slot, so the two cannot be one script, and a crash between them must not leave an event
+    // that sells while no worker consumes it. A registration whose event does not exist (the
+    // script then failed, refused, or never ran) is harmless: discovery creates the group on
+    // the stream, consumers read nothing, `lua/ensure_group.lua` and the gauges skip it, and
+    // `remove` (or the fence's reconciliation) drops it. Re-adding on every PUT, a conflict
+    // included, costs one SADD and heals any registration lost before.
+    register(conn, id).await?;
     let outcome: String = PUT_EVENT
         .key(&keys.event)
         .arg(config.stock)
@@ -80,11 +88,6 @@ pub async fn put(
             return Err(reply::unexpected("a put_event outcome", &redis::Value::SimpleString(other.into())));
         }
     };
-    if outcome != PutOutcome::Conflict {
-        // Outside the script: `fs:events` lives in another Cluster slot. Re-adding on every
-        // PUT heals a registration lost to a crash between the two calls.
-        redis::cmd("SADD").arg(keys::EVENTS).arg(id.as_str()).exec_async(conn).await?;
-    }
     Ok(outcome)
 }
 
@@ -345,19 +348,39 @@ pub async fn is_purged(conn: &mut impl ConnectionLike, keys: &EventKeys) -> Redi
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Removal {
     Removed,
+    /// Asked with [`Leaving::Check`]: every check holds, the event may leave.
+    Ready,
     /// Not yet: the reason `lua/remove_event.lua` gave.
     Kept(&'static str),
 }
 
+/// What [`remove`] is asked, in the order the worker asks it (`lua/remove_event.lua`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leaving {
+    /// Whether the event may leave: every check, nothing removed.
+    Check,
+    /// Every check again, then the removal.
+    Remove,
+    /// The ledger already says the event left: this copy came back (a restored snapshot) or a
+    /// removal was interrupted. It goes unless Redis accepted more orders than the ledger holds.
+    Left,
+}
+
 /// Removes every key of an ended, purged, drained event whose `ledger_orders` (the ledger's
 /// count of its orders) equals the orders it ever accepted (`lua/remove_event.lua`), then its
-/// registration, so workers stop polling it.
+/// registration, so workers stop polling it. Each call is safe to repeat.
 pub async fn remove(
     conn: &mut impl ConnectionLike,
     id: &EventId,
     ledger_orders: u64,
+    leaving: Leaving,
 ) -> RedisResult<Removal> {
     let keys = EventKeys::new(id);
+    let mode = match leaving {
+        Leaving::Check => "check",
+        Leaving::Remove => "remove",
+        Leaving::Left => "left",
+    };
     let outcome: String = REMOVE_EVENT
         .key(&keys.event)
         .key(&keys.orders)
@@ -368,13 +391,15 @@ pub async fn remove(
         .key(&keys.attempts)
         .arg(CONSUMER_GROUP)
         .arg(ledger_orders)
+        .arg(mode)
         .invoke_async(conn)
         .await?;
     let kept = match outcome.as_str() {
         "removed" => {
-            redis::cmd("SREM").arg(keys::EVENTS).arg(id.as_str()).exec_async(conn).await?;
+            unregister(conn, id).await?;
             return Ok(Removal::Removed);
         }
+        "ready" => return Ok(Removal::Ready),
         "unknown" => "unknown",
         "not_purged" => "not_purged",
         "dead_letters" => "dead_letters",
@@ -385,6 +410,12 @@ pub async fn remove(
         }
     };
     Ok(Removal::Kept(kept))
+}
+
+/// Drops the event's registration (its keys are gone, or it never existed): workers stop
+/// polling it.
+pub async fn unregister(conn: &mut impl ConnectionLike, id: &EventId) -> RedisResult<()> {
+    redis::cmd("SREM").arg(keys::EVENTS).arg(id.as_str()).exec_async(conn).await
 }
 
 /// An order as the ledger recorded it, to be restored into Redis.
@@ -454,6 +485,11 @@ pub async fn restore(
     }
     let (restored, corrected, decided): (u64, u64, u64) = invocation.invoke_async(conn).await?;
     Ok(Restored { restored, corrected, decided: decided == 1 })
+}
+
+/// Whether the event's hash is in Redis (a registration may name an event not created yet).
+pub async fn exists(conn: &mut impl ConnectionLike, id: &EventId) -> RedisResult<bool> {
+    redis::cmd("EXISTS").arg(&EventKeys::new(id).event).query_async(conn).await
 }
 
 /// Registers the event so workers consume it (again, after a restore).

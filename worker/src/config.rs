@@ -170,7 +170,8 @@ pub struct Config {
 
     /// For tests only: `crash-after-ledger-write` makes the process abort right after its
     /// first committed ledger write, before Redis acknowledges anything (a crash between the
-    /// two steps, on demand).
+    /// two steps, on demand); `crash-after-ledger-leave-mark` and `crash-after-redis-removal`
+    /// abort between the steps of an event's leaving Redis (`maintenance::leave_redis`).
     #[arg(long, env = "FLASHSALE_FAILPOINT", hide = true)]
     pub failpoint: Option<Failpoint>,
 
@@ -189,6 +190,10 @@ pub enum ExportFormat {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Failpoint {
     CrashAfterLedgerWrite,
+    /// Abort once the ledger says an event left Redis, before its keys are removed.
+    CrashAfterLedgerLeaveMark,
+    /// Abort once an event's keys and registration are removed from Redis.
+    CrashAfterRedisRemoval,
 }
 
 fn parse_consumer_name(name: &str) -> Result<String, String> {

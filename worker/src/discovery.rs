@@ -34,11 +34,19 @@ pub(crate) async fn discover(ctx: &Ctx, streams: &watch::Sender<Arc<Vec<EventStr
     for id in ids {
         let keys = EventKeys::new(&id);
         if !current.iter().any(|s| s.event == id) {
+            // `event::put` registers an event before its script creates it: a registration
+            // whose event does not exist (yet, or ever: a crashed PUT) waits here until the
+            // event does, so its group is created then, not left to a NOGROUP repair.
+            if !event::exists(&mut conn, &id).await? {
+                continue;
+            }
             stream::ensure_group(&mut conn, &keys).await?;
             tracing::info!(event = %id, "consuming a new event");
         }
         next.push(EventStream { event: id, keys });
     }
-    streams.send_replace(Arc::new(next));
+    if current.len() != next.len() || current.iter().zip(&next).any(|(a, b)| a.event != b.event) {
+        streams.send_replace(Arc::new(next));
+    }
     Ok(())
 }

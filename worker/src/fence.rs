@@ -141,6 +141,9 @@ fn reconciled(ctx: &Ctx, started: Instant, events: usize, restored: u64, correct
 /// it where Redis lost it, so its orders are restored into the configuration they were sold
 /// under and nothing sells again in a sale the ledger says is paused or over.
 async fn reconcile(ctx: &Ctx) -> Result<(usize, u64, u64), Fault> {
+    // First what must not be here at all: before this returns nothing sells, so an event a
+    // restored snapshot brought back never sells again.
+    remove_left(ctx).await?;
     let events = ctx.ledger.reads().events_in_redis().await?;
     let mut conn = ctx.redis.get();
     let (mut restored, mut corrected) = (0, 0);
@@ -196,4 +199,30 @@ fn log_decision_restored(id: &EventId, decision: &event::Decision) {
         stock = decision.config.stock,
         "Redis had lost the event's decision: the ledger's is back"
     );
+}
+
+/// Removes from Redis every event the ledger says left it: a Redis restored from a snapshot
+/// taken before the removal has it back, selling or with pending orders, and a removal
+/// interrupted after the ledger's mark left it behind. The ledger holds every order such an
+/// event ever accepted (it was marked only once it did), so its older copy goes whatever it
+/// holds (`lua/remove_event.lua`, mode 'left'), and its registration with it. A copy that
+/// accepted more orders than the ledger holds cannot come from the past: it gets the ledger's
+/// decision back (the sale is over, so it sells nothing) and stays, loudly, for an operator.
+async fn remove_left(ctx: &Ctx) -> Result<(), Fault> {
+    let left = ctx.ledger.reads().events_left_redis().await?;
+    let mut conn = ctx.redis.get();
+    for (id, ledger_orders) in &left {
+        match event::remove(&mut conn, id, *ledger_orders, event::Leaving::Left).await? {
+            event::Removal::Removed | event::Removal::Ready => {}
+            event::Removal::Kept(why) => {
+                if let Some(recorded) = ctx.ledger.reads().event(id).await? {
+                    let keys = EventKeys::new(id);
+                    event::restore(&mut conn, &keys, &recorded.decision(), recorded.sold, &[]).await?;
+                }
+                tracing::error!(event = %id, why, ledger_orders,
+                    "the ledger says the event left Redis, yet Redis holds more of its orders: kept, ended");
+            }
+        }
+    }
+    Ok(())
 }

@@ -90,6 +90,14 @@ async fn upkeep(ctx: &Ctx) -> RedisResult<()> {
 /// An event past its retention leaves Redis once every one of its orders is in the ledger and
 /// nothing waits (see `lua/remove_event.lua`): Redis does not grow with every sale ever held.
 /// From then on the ledger alone answers for it (the gateway reads it there).
+///
+/// The ledger is marked first, then Redis removes: a crash, a database blip or a re-sent
+/// script between the steps leaves an event the ledger says left while Redis still has it
+/// (ended, purged: it sells nothing), which the next round removes again, never the reverse
+/// (an event gone from Redis the ledger does not know left, answering 404 forever, its id free
+/// to be created again and a later reconciliation bringing it back live). Every step is safe to
+/// repeat: the check changes nothing, the mark keeps its first time, the removal of keys that
+/// are gone is 'unknown'.
 async fn leave_redis(
     ctx: &Ctx,
     conn: &mut flashsale_shared::connection::Conn,
@@ -100,16 +108,49 @@ async fn leave_redis(
         // The ledger is down: the event simply stays until it answers.
         Err(_) => return Ok(()),
     };
-    match event::remove(conn, id, ledger_orders).await? {
+    // Nothing of an ended, purged, drained sale whose orders are all in the ledger changes any
+    // more (nothing can be bought, nothing is pending), so the check still holds when the
+    // removal below runs; if a restored snapshot changes Redis in between, the removal's own
+    // checks keep the event and the fence's reconciliation removes it (`fence::remove_left`).
+    match event::remove(conn, id, ledger_orders, event::Leaving::Check).await? {
+        event::Removal::Ready => {}
+        event::Removal::Removed => return Ok(()),
+        event::Removal::Kept(why) => {
+            tracing::debug!(event = %id, why, "the event stays in Redis for now");
+            return Ok(());
+        }
+    }
+    match ctx.ledger.reads().mark_left_redis(id).await {
+        Ok(true) => {}
+        // The ledger has not recorded the event's row or its end of retention yet (the
+        // decision loop does within a round): nothing removed, the next round tries again.
+        Ok(false) => {
+            tracing::debug!(event = %id, "the ledger does not hold the event's end yet: it stays in Redis for now");
+            return Ok(());
+        }
+        Err(error) => {
+            tracing::warn!(%error, event = %id, "could not note in the ledger that the event leaves Redis; retrying");
+            return Ok(());
+        }
+    }
+    if ctx.config.failpoint == Some(crate::config::Failpoint::CrashAfterLedgerLeaveMark) {
+        tracing::error!(event = %id, "failpoint crash-after-ledger-leave-mark: aborting before Redis removes the event");
+        std::process::abort();
+    }
+    match event::remove(conn, id, ledger_orders, event::Leaving::Remove).await? {
         event::Removal::Removed => {
+            if ctx.config.failpoint == Some(crate::config::Failpoint::CrashAfterRedisRemoval) {
+                tracing::error!(event = %id, "failpoint crash-after-redis-removal: aborting after Redis removed the event");
+                std::process::abort();
+            }
             ctx.metrics.events_removed.increment(1);
             ctx.metrics.forget_event(id);
-            if let Err(error) = ctx.ledger.reads().mark_left_redis(id).await {
-                tracing::warn!(%error, event = %id, "could not note in the ledger that the event left Redis");
-            }
             tracing::info!(event = %id, ledger_orders, "sale over and recorded: the event left Redis");
         }
-        event::Removal::Kept(why) => tracing::debug!(event = %id, why, "the event stays in Redis for now"),
+        event::Removal::Ready => {}
+        event::Removal::Kept(why) => {
+            tracing::warn!(event = %id, why, "the ledger says the event left, Redis keeps it for now; retrying");
+        }
     }
     Ok(())
 }

@@ -196,8 +196,9 @@ crate::problems! {
 
 /// Create or replace an event (admin).
 ///
-/// 201 when created, 200 when the same configuration is put again or a different one
-/// replaces it before any sale, 409 `event_conflict` once the event has sales.
+/// 201 when created (also an id whose sale left Redis without any order), 200 when the same
+/// configuration is put again or a different one replaces it before any sale, 409
+/// `event_conflict` once the event has sales.
 #[utoipa::path(
     put,
     path = "/v1/events/{event_id}",
@@ -230,15 +231,38 @@ pub async fn put_event(
 async fn put(state: &AppState, event_id: String, body: PutEventBody) -> Result<Response, ApiError> {
     let id = super::event_id(event_id)?;
     let config = body.validate()?;
-    // An event that left Redis had sales: it cannot be created again under its id.
+    // An event that left Redis and ever sold cannot be created again under its id (its orders
+    // are in the ledger: 409 `event_conflict`, as for any event with sales). One that left with
+    // no order held no sale: its id is free again, so the ledger's row goes (after any copy
+    // of it Redis still has, so neither outlives the other), and the PUT creates it anew.
     let recorded = state
         .ledger(|ledger| {
             let id = id.clone();
             async move { ledger.event(&id).await }
         })
-        .await?;
-    if recorded.flatten().is_some_and(|e| e.left_redis_at.is_some()) {
-        return Err(ApiError::EventConflict);
+        .await?
+        .flatten()
+        .filter(|e| e.left_redis_at.is_some());
+    if let Some(left) = recorded {
+        if left.sold {
+            return Err(ApiError::EventConflict);
+        }
+        let id_ref = &id;
+        let removal = state
+            .redis(Mutation::Write, |mut conn| async move {
+                event::remove(&mut conn, id_ref, 0, event::Leaving::Left).await
+            })
+            .await?;
+        if let event::Removal::Kept(_) = removal {
+            // Redis accepted orders the ledger does not hold yet: they sold.
+            return Err(ApiError::EventConflict);
+        }
+        state
+            .ledger(|ledger| {
+                let id = id.clone();
+                async move { ledger.forget_unsold_left(&id).await }
+            })
+            .await?;
     }
     let retention = state.idempotency_retention();
     let (id_ref, config) = (&id, &config);

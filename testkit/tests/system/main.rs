@@ -13,6 +13,7 @@ mod durable;
 mod faults;
 mod fence;
 mod hardening;
+mod leaving;
 mod ledger;
 mod operators;
 mod parked;
