@@ -22,10 +22,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use flashsale_shared::connection::Shard;
 use flashsale_shared::domain::to_unix_ms;
 use flashsale_shared::event::{self, Restore};
 use flashsale_shared::scripts::FenceState;
-use flashsale_shared::{EventId, EventKeys, scripts, stream};
+use flashsale_shared::{EventId, EventKeys, keys, scripts, stream};
 
 use crate::context::Ctx;
 use crate::failure::{Fault, Streak};
@@ -95,11 +96,13 @@ async fn check_node(ctx: &Ctx) -> Result<(), Fault> {
 }
 
 /// A cluster: a replica holding the purchase script has it flushed (so a failback starts
-/// fenced), and every primary must have it (`SCRIPT EXISTS` combined with AND); if one lacks
-/// it, every event is reconciled and the script loaded on every primary. The identity check
-/// of [`check_node`] is not done here yet (it needs a marker key per node, in a slot that node
-/// owns): a primary that holds the script is trusted, so a replica promoted within one
-/// interval of becoming one, before its flush, sells without reconciling.
+/// fenced), and each primary is checked on its own as [`check_node`] checks one node
+/// ([`check_shard`]): its identity against its own marker (`shared::keys::node_reconciled`,
+/// a key in a slot it serves, so it replicates with that shard's data). A primary whose data
+/// may have come from elsewhere (a promoted replica, a failback, a restart, a flush) is
+/// fenced, the events of its own slots reconciled, its identity recorded and its script
+/// loaded again; the other shards are never touched. One shard that cannot be reached (its
+/// primary gone) fails only its own check: the others are checked and reconciled anyway.
 async fn check_cluster(ctx: &Ctx) -> Result<(), Fault> {
     let mut conn = ctx.redis.get();
     // Best effort and apart from the check below: a cluster that cannot list its nodes must
@@ -114,14 +117,16 @@ async fn check_cluster(ctx: &Ctx) -> Result<(), Fault> {
         }
         Err(error) => tracing::debug!(%error, "cannot list the cluster's replicas to flush their scripts"),
     }
-    if !scripts::is_fenced(&mut conn).await? {
-        return Ok(());
+    // One after the other: a shard whose primary does not answer costs the others up to one
+    // `REDIS_TIMEOUT_MS` of delay per interval, never their check.
+    let mut first_fault = None;
+    for shard in conn.shards().await? {
+        if let Err(fault) = check_shard(ctx, &shard).await {
+            tracing::debug!(host = %shard.host, port = shard.port, ?fault, "cannot check a cluster primary's fence");
+            first_fault.get_or_insert(fault);
+        }
     }
-    let started = Instant::now();
-    let (events, restored, corrected) = reconcile(ctx).await?;
-    scripts::lift_fence(&mut conn).await?;
-    reconciled(ctx, started, events, restored, corrected);
-    Ok(())
+    first_fault.map_or(Ok(()), Err)
 }
 
 fn reconciled(ctx: &Ctx, started: Instant, events: usize, restored: u64, corrected: u64) {
@@ -191,4 +196,102 @@ fn log_decision_restored(id: &EventId, decision: &event::Decision) {
         stock = decision.config.stock,
         "Redis had lost the event's decision: the ledger's is back"
     );
+}
+
+/// One cluster primary (by the address the slot map gives): [`check_node`]'s rule, with the
+/// marker in one of its own slots and only the events of its slots reconciled. Every step is
+/// sent to that node only, and each is harmless when another worker does it at the same time.
+async fn check_shard(ctx: &Ctx, shard: &Shard) -> Result<(), Fault> {
+    let Some(marker) = keys::node_reconciled(&shard.slots) else { return Ok(()) };
+    let mut conn = ctx.redis.get();
+    let node = format!("{}:{}", shard.host, shard.port);
+    match scripts::fence_state_on(&mut conn, shard, &marker).await? {
+        FenceState::Open | FenceState::Replica { holds_purchase_script: false } => Ok(()),
+        // The slot map named a node that is a replica by its own word (a failover under way):
+        // the replica rule.
+        FenceState::Replica { holds_purchase_script: true } => {
+            scripts::raise_fence_on(&mut conn, shard).await?;
+            tracing::warn!(%node, "a cluster replica held the purchase script: flushed it");
+            Ok(())
+        }
+        FenceState::Stale { identity, holds_purchase_script } => {
+            if holds_purchase_script {
+                // Promoted before a worker flushed it, or failed back onto older data: stop
+                // this shard's sales first.
+                scripts::raise_fence_on(&mut conn, shard).await?;
+                tracing::warn!(%node, %identity, "cluster primary holds data from elsewhere: its sales fenced until reconciled");
+            }
+            let started = Instant::now();
+            let (events, restored, corrected) = reconcile_slots(ctx, &shard.slots).await?;
+            scripts::mark_reconciled_on(&mut conn, shard, &marker, &identity).await?;
+            scripts::lift_fence_on(&mut conn, shard).await?;
+            // Changed hands while it was reconciled: fenced again at once (the marker names
+            // the identity read before, so the next check reconciles again).
+            if scripts::fence_state_on(&mut conn, shard, &marker).await? != FenceState::Open {
+                scripts::raise_fence_on(&mut conn, shard).await?;
+                return Ok(());
+            }
+            tracing::info!(%node, "cluster primary reconciled");
+            reconciled(ctx, started, events, restored, corrected);
+            Ok(())
+        }
+    }
+}
+
+/// [`reconcile`] of the events whose slot is in `slots` (one cluster primary's): a shard
+/// reconciled never waits for another shard's node. The node holding `fs:events` also gets
+/// every event's id back (it may have lost them; registering an event is a write to that
+/// node only). The body per event is [`reconcile`]'s.
+// TODO(issue 17 merge): share the per-event body with `reconcile` (changed concurrently on
+// another branch) as one `reconcile_event`.
+async fn reconcile_slots(ctx: &Ctx, slots: &[(u16, u16)]) -> Result<(usize, u64, u64), Fault> {
+    let owns = |key: &str| {
+        let slot = keys::slot_of(key);
+        slots.iter().any(|(start, end)| (*start..=*end).contains(&slot))
+    };
+    let events = ctx.ledger.reads().events_in_redis().await?;
+    let mut conn = ctx.redis.get();
+    let (mut count, mut restored, mut corrected) = (0, 0, 0);
+    let holds_registry = owns(keys::EVENTS);
+    for recorded in &events {
+        let id = &recorded.event_id;
+        let keys = EventKeys::new(id);
+        if holds_registry {
+            event::register(&mut conn, id).await?;
+        }
+        if !owns(&keys.event) {
+            continue;
+        }
+        count += 1;
+        let decision = recorded.decision();
+        let put_back = event::restore(&mut conn, &keys, &decision, recorded.sold, &[]).await?;
+        if put_back.decided {
+            log_decision_restored(id, &decision);
+        }
+        let mut pages = ctx.ledger.reads().pages(id);
+        while let Some(page) = pages.next_page().await? {
+            for chunk in page.chunks(RESTORE_CHUNK) {
+                let orders: Vec<Restore<'_>> = chunk
+                    .iter()
+                    .map(|o| Restore {
+                        order_id: o.order_id,
+                        status: o.status,
+                        quantity: o.quantity,
+                        created_ms: to_unix_ms(o.created_at),
+                        finalized_ms: o
+                            .finalized_at
+                            .map(to_unix_ms)
+                            .unwrap_or_else(|| to_unix_ms(o.created_at)),
+                        user_id: &o.user_id,
+                        scope: &o.scope,
+                    })
+                    .collect();
+                let done = event::restore(&mut conn, &keys, &decision, recorded.sold, &orders).await?;
+                restored += done.restored;
+                corrected += done.corrected;
+            }
+        }
+        stream::ensure_group(&mut conn, &keys).await?;
+    }
+    Ok((count, restored, corrected))
 }
