@@ -17,7 +17,8 @@
 //! The script cache alone follows the process, not the data: Redis keeps it through
 //! `REPLICAOF` and a full resync, so a former primary that resynced from another node and is
 //! promoted again would sell from the other node's (older) data with its old script still
-//! loaded. So the fence also follows the data ([`FenceState`], one node): a replica never
+//! loaded. So the fence also follows the data ([`FenceState`]; one node, or each cluster
+//! primary with its own marker, [`fence_state_on`]): a replica never
 //! keeps the purchase script (a worker flushes it there: once promoted, it is fenced from its
 //! first moment), and a primary sells only while the identity it was reconciled under
 //! ([`crate::keys::RECONCILED`], written after each reconciliation) is still its own

@@ -16,8 +16,8 @@
 //! has it flushed (a promotion then starts fenced), and a primary whose `master_replid/run_id`
 //! is not the one recorded at its last reconciliation (`fs:reconciled`, which replicates with
 //! the data) is fenced and reconciled again: a promoted replica, or a former primary that
-//! resynced from another node and was promoted back. In a cluster only the script cache
-//! counts so far ([`check_cluster`]).
+//! resynced from another node and was promoted back. In a cluster the same rule holds per
+//! primary, with a marker in one of its own slots ([`check_cluster`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,7 +34,8 @@ use crate::failure::{Fault, Streak};
 /// How often the fence is checked: the longest a restarted Redis waits before reconciliation
 /// starts, and the shortest time a node must stay a replica for its script to be flushed
 /// before a promotion (one node: `SCRIPT EXISTS`, `INFO server replication`, `GET`, pipelined;
-/// a cluster: `SCRIPT EXISTS` on every primary).
+/// a cluster: the same three in one round trip to each primary, `CLUSTER SLOTS` and
+/// `CLUSTER NODES` on one node, `SCRIPT EXISTS` on each replica).
 pub(crate) const FENCE_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Ledger orders restored per script call.
