@@ -122,11 +122,21 @@ impl Conn {
     }
 
     /// The primaries of a cluster and the slots each serves, as a random node's `CLUSTER SLOTS`
-    /// says (its view may lag a failover: ask the node itself what it is). One node: none.
+    /// says (its view may lag a failover: ask the node itself what it is). A node that does
+    /// not answer (a dead primary is still in the client's list until the cluster replaced
+    /// it) is one of several tries, so it does not stop the others' checks. One node: none.
     pub async fn shards(&mut self) -> RedisResult<Vec<Shard>> {
+        const TRIES: usize = 4;
         let Self::Cluster(c) = self else { return Ok(Vec::new()) };
-        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
-        parse_shards(&c.route_command(redis::cmd("CLUSTER").arg("SLOTS").clone(), routing).await?)
+        let mut last = None;
+        for _ in 0..TRIES {
+            let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
+            match c.route_command(redis::cmd("CLUSTER").arg("SLOTS").clone(), routing).await {
+                Ok(reply) => return parse_shards(&reply),
+                Err(error) => last = Some(error),
+            }
+        }
+        Err(last.expect("at least one try"))
     }
 
     /// Runs a pipeline on one node of a cluster, by address, in one round trip (a keyed

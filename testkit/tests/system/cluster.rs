@@ -438,6 +438,10 @@ async fn a_promotion_onto_older_data_is_reconciled_first_and_other_shards_sell_o
     });
 
     // R holds the purchase script and stops with the first hundred; P sells the second.
+    wait_until(Duration::from_secs(10), "R to hold the first hundred", || async {
+        (orders_on(r, a).await == 100).then_some(())
+    })
+    .await;
     let mut conn = r.conn().await;
     let _: String = redis::cmd("SCRIPT")
         .arg("LOAD")
@@ -446,6 +450,16 @@ async fn a_promotion_onto_older_data_is_reconciled_first_and_other_shards_sell_o
         .await
         .unwrap();
     stack.cluster.pause(r);
+    // P drops its link to R: a paused process still receives into its socket buffer, and
+    // would apply the second hundred on waking up. R cannot reconnect while paused.
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("replica")
+        .query_async(&mut p.conn().await)
+        .await
+        .unwrap();
+    assert_eq!(killed, 1, "P's one replica link");
     let mut second = std::collections::HashMap::new();
     for i in 100..200 {
         let user = format!("buyer-{i}");
