@@ -435,7 +435,22 @@ impl RedisCluster {
     pub async fn failover(&self, primary: ClusterNode) -> ClusterNode {
         let replica = self.replica_of(primary);
         let mut conn = replica.conn().await;
-        redis::cmd("CLUSTER").arg("FAILOVER").exec_async(&mut conn).await.expect("CLUSTER FAILOVER");
+        // A primary ignores the replica's request while its own view does not list that node
+        // as its replica yet (right after an earlier failover); the replica then logs "Manual
+        // failover timed out" after 5 s and nothing changed: ask again.
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        loop {
+            redis::cmd("CLUSTER").arg("FAILOVER").exec_async(&mut conn).await.expect("CLUSTER FAILOVER");
+            let asked = Instant::now();
+            while asked.elapsed() < Duration::from_secs(6)
+                && !(Self::role(replica).as_deref() == Some("master") && self.settled())
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if Self::role(replica).as_deref() == Some("master") || Instant::now() > deadline {
+                break;
+            }
+        }
         self.wait_promoted(replica, SETTLE_TIMEOUT).await;
         // Also in the cluster's view (what `replica_of` reads), which can lag the node's own
         // word: a failback right after a failover asks it for the new primary's replica.
