@@ -43,7 +43,7 @@ pub use crate::config::{DatabaseUrl, LedgerArgs};
 const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "orders", include_str!("../migrations/0001_orders.sql")),
     (2, "event_decisions", include_str!("../migrations/0002_event_decisions.sql")),
-    (4, "parked_orders", include_str!("../migrations/0004_parked_orders.sql")),
+    (3, "parked_orders", include_str!("../migrations/0003_parked_orders.sql")),
 ];
 
 /// `pg_advisory_xact_lock` key: only one process migrates at a time.

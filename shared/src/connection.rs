@@ -121,6 +121,41 @@ impl Conn {
         }
     }
 
+    /// The primaries of a cluster and the slots each serves, as a random node's `CLUSTER SLOTS`
+    /// says (its view may lag a failover: ask the node itself what it is). A node that does
+    /// not answer (a dead primary is still in the client's list until the cluster replaced
+    /// it) is one of several tries, so it does not stop the others' checks. One node: none.
+    pub async fn shards(&mut self) -> RedisResult<Vec<Shard>> {
+        const TRIES: usize = 4;
+        let Self::Cluster(c) = self else { return Ok(Vec::new()) };
+        let mut last = None;
+        for _ in 0..TRIES {
+            let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
+            match c.route_command(redis::cmd("CLUSTER").arg("SLOTS").clone(), routing).await {
+                Ok(reply) => return parse_shards(&reply),
+                Err(error) => last = Some(error),
+            }
+        }
+        Err(last.expect("at least one try"))
+    }
+
+    /// Runs a pipeline on one node of a cluster, by address, in one round trip (a keyed
+    /// command in it is sent there whatever its slot). One node: on it.
+    pub async fn pipeline_on_node(
+        &mut self,
+        host: &str,
+        port: u16,
+        pipeline: &redis::Pipeline,
+    ) -> RedisResult<Vec<Value>> {
+        match self {
+            Self::Single(c) => pipeline.query_async(c).await,
+            Self::Cluster(c) => {
+                let route = SingleNodeRoutingInfo::ByAddress { host: host.to_owned(), port };
+                c.route_pipeline(pipeline.clone(), 0, pipeline.len(), route).await
+            }
+        }
+    }
+
     /// Runs a command on every primary and requires each to succeed (`SCRIPT LOAD`).
     pub async fn on_every_primary(&mut self, cmd: &Cmd) -> RedisResult<()> {
         match self {
@@ -134,6 +169,46 @@ impl Conn {
             }
         }
     }
+}
+
+/// A cluster primary and the slot ranges (inclusive) it serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shard {
+    pub host: String,
+    pub port: u16,
+    pub slots: Vec<(u16, u16)>,
+}
+
+/// The primaries of a `CLUSTER SLOTS` reply: `[[start, end, [host, port, id, ...], replica...],
+/// ...]`, ranges of one primary gathered.
+fn parse_shards(reply: &Value) -> RedisResult<Vec<Shard>> {
+    let unexpected = || crate::reply::unexpected("a CLUSTER SLOTS reply", reply);
+    let Value::Array(ranges) = reply else { return Err(unexpected()) };
+    let mut shards: Vec<Shard> = Vec::new();
+    for range in ranges {
+        let Value::Array(fields) = range else { return Err(unexpected()) };
+        let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(primary))) =
+            (fields.first(), fields.get(1), fields.get(2))
+        else {
+            return Err(unexpected());
+        };
+        let host = match primary.first() {
+            Some(Value::BulkString(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
+            Some(Value::SimpleString(text)) => text.clone(),
+            _ => return Err(unexpected()),
+        };
+        let Some(Value::Int(port)) = primary.get(1) else { return Err(unexpected()) };
+        let (Ok(port), Ok(start), Ok(end)) =
+            (u16::try_from(*port), u16::try_from(*start), u16::try_from(*end))
+        else {
+            return Err(unexpected());
+        };
+        match shards.iter_mut().find(|s| s.host == host && s.port == port) {
+            Some(shard) => shard.slots.push((start, end)),
+            None => shards.push(Shard { host, port, slots: vec![(start, end)] }),
+        }
+    }
+    Ok(shards)
 }
 
 /// The live replicas' addresses in a `CLUSTER NODES` text:
@@ -547,6 +622,31 @@ e5 127.0.0.1:30006@40006 slave,fail d4 0 1 2 disconnected
             parse_replicas(nodes),
             vec![("127.0.0.1".to_owned(), 30004), ("127.0.0.1".to_owned(), 30005)]
         );
+    }
+
+    #[test]
+    fn shards_gather_each_primarys_ranges() {
+        let node = |port: i64| {
+            Value::Array(vec![
+                Value::BulkString(b"127.0.0.1".to_vec()),
+                Value::Int(port),
+                Value::BulkString(b"id".to_vec()),
+            ])
+        };
+        let range = |start, end, primary, replica| {
+            Value::Array(vec![Value::Int(start), Value::Int(end), node(primary), node(replica)])
+        };
+        let reply = Value::Array(vec![
+            range(0, 5460, 30001, 30004),
+            range(5461, 10922, 30002, 30005),
+            range(10923, 16383, 30001, 30004),
+        ]);
+        let shard = |port, slots| Shard { host: "127.0.0.1".into(), port, slots };
+        assert_eq!(
+            parse_shards(&reply).unwrap(),
+            vec![shard(30001, vec![(0, 5460), (10923, 16383)]), shard(30002, vec![(5461, 10922)])]
+        );
+        assert!(parse_shards(&Value::Int(1)).is_err());
     }
 
     #[test]

@@ -422,7 +422,8 @@ pub async fn unregister(conn: &mut impl ConnectionLike, id: &EventId) -> RedisRe
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Restore<'a> {
     pub order_id: OrderId,
-    /// A final status: the ledger records orders once decided.
+    /// What the ledger holds: a decided status, or `Pending` for a parked order (it stays
+    /// pending, its units held, until an operator decides).
     pub status: OrderStatus,
     pub quantity: u32,
     pub created_ms: i64,

@@ -17,7 +17,8 @@
 //! The script cache alone follows the process, not the data: Redis keeps it through
 //! `REPLICAOF` and a full resync, so a former primary that resynced from another node and is
 //! promoted again would sell from the other node's (older) data with its old script still
-//! loaded. So the fence also follows the data ([`FenceState`], one node): a replica never
+//! loaded. So the fence also follows the data ([`FenceState`]; one node, or each cluster
+//! primary with its own marker, [`fence_state_on`]): a replica never
 //! keeps the purchase script (a worker flushes it there: once promoted, it is fenced from its
 //! first moment), and a primary sells only while the identity it was reconciled under
 //! ([`crate::keys::RECONCILED`], written after each reconciliation) is still its own
@@ -28,7 +29,7 @@ use std::sync::LazyLock;
 use redis::aio::ConnectionLike;
 use redis::{ErrorKind, FromRedisValue, RedisResult, Script, ToRedisArgs};
 
-use crate::connection::{Conn, ServerInfo};
+use crate::connection::{Conn, ServerInfo, Shard};
 
 /// A script's source (the schema's prelude, then the file of `lua/`) and its compiled handle
 /// (which carries the SHA1 for EVALSHA).
@@ -203,20 +204,36 @@ impl FenceState {
 /// Reads what the fence needs of one node, pipelined: `SCRIPT EXISTS`, `INFO server
 /// replication` (role, `master_replid`, `run_id`: about 930 bytes and 4 us of Redis time,
 /// measured on 7.0.15 here; `SCRIPT EXISTS` 0.2 us) and `GET` of the marker.
-/// One node only: in a cluster a keyless command in a pipeline reaches one random node.
+/// One node only: in a cluster a keyless command in a pipeline reaches one random node (see
+/// [`fence_state_on`]).
 pub async fn fence_state(conn: &mut impl ConnectionLike) -> RedisResult<FenceState> {
-    let (present, info, marker): (Vec<i64>, redis::Value, Option<String>) = redis::pipe()
-        .cmd("SCRIPT")
-        .arg("EXISTS")
-        .arg(PURCHASE.get_hash())
-        .cmd("INFO")
-        .arg("server")
-        .arg("replication")
-        .cmd("GET")
-        .arg(crate::keys::RECONCILED)
-        .query_async(conn)
-        .await?;
-    let info = crate::connection::parse_info_reply(&info)?;
+    let replies: Vec<redis::Value> = fence_reads(crate::keys::RECONCILED).query_async(conn).await?;
+    fence_state_of(&replies)
+}
+
+/// [`fence_state`] of one cluster primary, by address, its marker `marker_key`
+/// ([`crate::keys::node_reconciled`] of its slots): the same three commands in one round trip
+/// to that node.
+pub async fn fence_state_on(conn: &mut Conn, shard: &Shard, marker_key: &str) -> RedisResult<FenceState> {
+    let replies = conn.pipeline_on_node(&shard.host, shard.port, &fence_reads(marker_key)).await?;
+    fence_state_of(&replies)
+}
+
+fn fence_reads(marker_key: &str) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    pipe.cmd("SCRIPT").arg("EXISTS").arg(PURCHASE.get_hash());
+    pipe.cmd("INFO").arg("server").arg("replication");
+    pipe.cmd("GET").arg(marker_key);
+    pipe
+}
+
+fn fence_state_of(replies: &[redis::Value]) -> RedisResult<FenceState> {
+    let [present, info, marker] = replies else {
+        return Err(crate::reply::unexpected("three fence replies", &redis::Value::Array(replies.to_vec())));
+    };
+    let present = Vec::<i64>::from_redis_value(present.clone())?;
+    let marker = Option::<String>::from_redis_value(marker.clone())?;
+    let info = crate::connection::parse_info_reply(info)?;
     Ok(FenceState::of(present.first() == Some(&1), &info, marker.as_deref()))
 }
 
@@ -232,6 +249,31 @@ pub async fn raise_fence(conn: &mut impl ConnectionLike) -> RedisResult<()> {
 /// identity and the next check reconciles again). A replica refuses it (READONLY).
 pub async fn mark_reconciled(conn: &mut impl ConnectionLike, identity: &str) -> RedisResult<()> {
     redis::cmd("SET").arg(crate::keys::RECONCILED).arg(identity).exec_async(conn).await
+}
+
+/// [`raise_fence`] on one cluster node, by address.
+pub async fn raise_fence_on(conn: &mut Conn, shard: &Shard) -> RedisResult<()> {
+    conn.on_node(&shard.host, shard.port, redis::cmd("SCRIPT").arg("FLUSH")).await.map(drop)
+}
+
+/// [`mark_reconciled`] on one cluster primary, by address: `marker_key` is its
+/// [`crate::keys::node_reconciled`], a key of a slot it serves (if it no longer does, the
+/// write fails or lands elsewhere, and the next check reconciles it again).
+pub async fn mark_reconciled_on(
+    conn: &mut Conn,
+    shard: &Shard,
+    marker_key: &str,
+    identity: &str,
+) -> RedisResult<()> {
+    conn.on_node(&shard.host, shard.port, redis::cmd("SET").arg(marker_key).arg(identity)).await.map(drop)
+}
+
+/// [`lift_fence`] on one cluster primary only, by address: the other shards are not touched,
+/// whether or not they are reconciled (or reachable).
+pub async fn lift_fence_on(conn: &mut Conn, shard: &Shard) -> RedisResult<()> {
+    conn.on_node(&shard.host, shard.port, redis::cmd("SCRIPT").arg("LOAD").arg(PURCHASE.source()))
+        .await
+        .map(drop)
 }
 
 /// A cluster: flushes the script cache of every replica that holds the purchase script (the

@@ -435,10 +435,37 @@ impl RedisCluster {
     pub async fn failover(&self, primary: ClusterNode) -> ClusterNode {
         let replica = self.replica_of(primary);
         let mut conn = replica.conn().await;
-        redis::cmd("CLUSTER").arg("FAILOVER").exec_async(&mut conn).await.expect("CLUSTER FAILOVER");
+        // A primary ignores the replica's request while its own view does not list that node
+        // as its replica yet (right after an earlier failover); the replica then logs "Manual
+        // failover timed out" after 5 s and nothing changed: ask again.
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        loop {
+            redis::cmd("CLUSTER").arg("FAILOVER").exec_async(&mut conn).await.expect("CLUSTER FAILOVER");
+            let asked = Instant::now();
+            while asked.elapsed() < Duration::from_secs(6)
+                && !(Self::role(replica).as_deref() == Some("master") && self.settled())
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if Self::role(replica).as_deref() == Some("master") || Instant::now() > deadline {
+                break;
+            }
+        }
         self.wait_promoted(replica, SETTLE_TIMEOUT).await;
+        // Also in the cluster's view (what `replica_of` reads), which can lag the node's own
+        // word: a failback right after a failover asks it for the new primary's replica.
         self.wait_for(SETTLE_TIMEOUT, "the old primary to replicate from the new one", || {
-            Self::role(primary).as_deref() == Some("slave") && self.replicas_linked()
+            Self::role(primary).as_deref() == Some("slave")
+                && self.replicas_linked()
+                && self.view().iter().any(|n| {
+                    n.port == primary.port()
+                        && !n.failed
+                        && n.replica_of.is_some()
+                        && self
+                            .view()
+                            .iter()
+                            .any(|m| Some(&m.id) == n.replica_of.as_ref() && m.port == replica.port())
+                })
         })
         .await;
         replica
@@ -463,6 +490,50 @@ impl RedisCluster {
             Self::role(replica).as_deref() == Some("master") && self.settled()
         })
         .await;
+    }
+
+    /// SIGSTOPs `node`: it keeps its sockets but answers nothing (its peers mark it failed
+    /// after `cluster-node-timeout`) until [`RedisCluster::resume`]. Unlike a kill, it comes
+    /// back with its memory, script cache included: a primary paused while its replica took
+    /// over wakes up holding older data and the purchase script.
+    pub fn pause(&self, node: ClusterNode) {
+        self.signal(node, "-STOP");
+    }
+
+    /// SIGCONTs a node [`RedisCluster::pause`] stopped.
+    pub fn resume(&self, node: ClusterNode) {
+        self.signal(node, "-CONT");
+    }
+
+    fn signal(&self, node: ClusterNode, signal: &str) {
+        let process = self.processes.iter().find(|p| p.node == node).expect("node of this cluster");
+        let pid = process.child.as_ref().expect("a running node").id();
+        let status = Command::new("kill").arg(signal).arg(pid.to_string()).status().expect("run kill");
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
+    /// `CLUSTER FAILOVER TAKEOVER` on `replica`: it makes itself the primary of its shard
+    /// without asking its primary or the other primaries (which may be paused or dead), and
+    /// whatever data it has. Waits until it says it is a primary (not for the cluster to
+    /// settle: a paused node never would).
+    pub async fn takeover(&self, replica: ClusterNode) {
+        let mut conn = replica.conn().await;
+        redis::cmd("CLUSTER")
+            .arg("FAILOVER")
+            .arg("TAKEOVER")
+            .exec_async(&mut conn)
+            .await
+            .expect("CLUSTER FAILOVER TAKEOVER");
+        self.wait_for(SETTLE_TIMEOUT, &format!("{replica:?} to take over"), || {
+            Self::role(replica).as_deref() == Some("master")
+        })
+        .await;
+    }
+
+    /// `role` of `node`'s own `INFO replication` (`master` or `slave`); `None` when it does
+    /// not answer within a couple of seconds (killed, paused).
+    pub fn role_of(&self, node: ClusterNode) -> Option<String> {
+        Self::role(node)
     }
 
     /// Starts a killed node again on its port, directory and config file. A node whose

@@ -7,6 +7,8 @@
 //! fs:write-probe             STRING  written by /readyz (expires after 10 s)
 //! fs:reconciled              STRING  "master_replid/run_id" the node was last reconciled with the
 //!                                    ledger under (the sales fence, one node; never expires)
+//! fs:{fence:N}:reconciled    STRING  the same, of one cluster primary: N puts the key in a slot that
+//!                                    primary serves ([`keys::node_reconciled`])
 //! fs:{ev:E}:event            HASH    configuration and counters: [`EventField`]
 //! fs:{ev:E}:orders           HASH    order id -> record "status|quantity|created_ms|done_ms|user_id"
 //!                                    ([`record`]; status letters of [`OrderStatus`])
