@@ -149,7 +149,7 @@ fn reconciled(ctx: &Ctx, started: Instant, events: usize, restored: u64, correct
 async fn reconcile(ctx: &Ctx) -> Result<(usize, u64, u64), Fault> {
     // First what must not be here at all: before this returns nothing sells, so an event a
     // restored snapshot brought back never sells again.
-    remove_left(ctx).await?;
+    remove_left(ctx, |_| true).await?;
     let events = ctx.ledger.reads().events_in_redis().await?;
     let mut conn = ctx.redis.get();
     let (mut restored, mut corrected) = (0, 0);
@@ -225,10 +225,10 @@ fn log_decision_restored(id: &EventId, decision: &event::Decision) {
 /// holds (`lua/remove_event.lua`, mode 'left'), and its registration with it. A copy that
 /// accepted more orders than the ledger holds cannot come from the past: it gets the ledger's
 /// decision back (the sale is over, so it sells nothing) and stays, loudly, for an operator.
-async fn remove_left(ctx: &Ctx) -> Result<(), Fault> {
+async fn remove_left(ctx: &Ctx, here: impl Fn(&EventId) -> bool) -> Result<(), Fault> {
     let left = ctx.ledger.reads().events_left_redis().await?;
     let mut conn = ctx.redis.get();
-    for (id, ledger_orders) in &left {
+    for (id, ledger_orders) in left.iter().filter(|(id, _)| here(id)) {
         match event::remove(&mut conn, id, *ledger_orders, event::Leaving::Left).await? {
             event::Removal::Removed | event::Removal::Ready => {}
             event::Removal::Kept(why) => {
@@ -293,6 +293,8 @@ async fn reconcile_slots(ctx: &Ctx, slots: &[(u16, u16)]) -> Result<(usize, u64,
         let slot = keys::slot_of(key);
         slots.iter().any(|(start, end)| (*start..=*end).contains(&slot))
     };
+    // As in `reconcile`: what left goes before this shard sells again (its events only).
+    remove_left(ctx, |id| owns(&EventKeys::new(id).event)).await?;
     let events = ctx.ledger.reads().events_in_redis().await?;
     let mut conn = ctx.redis.get();
     let (mut count, mut restored, mut corrected) = (0, 0, 0);
