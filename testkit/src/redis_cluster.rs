@@ -52,6 +52,12 @@ impl ClusterNode {
         redis::Client::open(self.url()).expect("valid URL")
     }
 
+    /// Whether the purchase script (the sales fence) is loaded on this node (`false` when the
+    /// node cannot answer the question, e.g. while it is loading).
+    pub async fn holds_purchase_script(self) -> bool {
+        crate::redis_server::purchase_script_loaded(&mut self.conn().await).await.unwrap_or(false)
+    }
+
     pub async fn conn(self) -> redis::aio::MultiplexedConnection {
         self.client().get_multiplexed_async_connection().await.expect("connect to cluster node")
     }

@@ -175,14 +175,7 @@ impl RedisServer {
 
     /// Whether the purchase script (the sales fence) is loaded on this server.
     pub async fn holds_purchase_script(&self) -> bool {
-        let mut conn = self.conn().await;
-        let present: Vec<i64> = redis::cmd("SCRIPT")
-            .arg("EXISTS")
-            .arg(flashsale_shared::scripts::PURCHASE.get_hash())
-            .query_async(&mut conn)
-            .await
-            .expect("SCRIPT EXISTS");
-        present.first() == Some(&1)
+        purchase_script_loaded(&mut self.conn().await).await.expect("SCRIPT EXISTS")
     }
 
     /// The server's process id (to SIGSTOP/SIGCONT it).
@@ -209,4 +202,16 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Whether the purchase script (the sales fence) is loaded on the server behind `conn`.
+pub(crate) async fn purchase_script_loaded(
+    conn: &mut impl redis::aio::ConnectionLike,
+) -> redis::RedisResult<bool> {
+    let present: Vec<i64> = redis::cmd("SCRIPT")
+        .arg("EXISTS")
+        .arg(flashsale_shared::scripts::PURCHASE.get_hash())
+        .query_async(conn)
+        .await?;
+    Ok(present.first() == Some(&1))
 }

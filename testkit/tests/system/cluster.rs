@@ -373,17 +373,6 @@ async fn orders_on(node: testkit::ClusterNode, event: &str) -> i64 {
     held
 }
 
-async fn holds_purchase_script(node: testkit::ClusterNode) -> bool {
-    let mut conn = node.conn().await;
-    let present: Vec<i64> = redis::cmd("SCRIPT")
-        .arg("EXISTS")
-        .arg(flashsale_shared::scripts::PURCHASE.get_hash())
-        .query_async(&mut conn)
-        .await
-        .unwrap_or_default();
-    present.first() == Some(&1)
-}
-
 /// A promotion onto older data with the purchase script still cached. Replica R of event A's
 /// shard holds the purchase script (as a primary demoted a moment ago holds it until a
 /// worker's next check flushes it) and is paused (SIGSTOP) with A's first 100 orders; primary
@@ -413,7 +402,7 @@ async fn a_promotion_onto_older_data_is_reconciled_first_and_other_shards_sell_o
     let r = stack.cluster.replica_of(p);
     let b_primary = stack.cluster.primary_for_key(&RedisCluster::event_key(b));
     wait_until(Duration::from_secs(10), "P to sell (reconciled, script loaded)", || async {
-        holds_purchase_script(p).await.then_some(())
+        p.holds_purchase_script().await.then_some(())
     })
     .await;
 
@@ -478,13 +467,13 @@ async fn a_promotion_onto_older_data_is_reconciled_first_and_other_shards_sell_o
     let mut conn = b_primary.conn().await;
     redis::cmd("SCRIPT").arg("FLUSH").exec_async(&mut conn).await.unwrap();
     wait_until(Duration::from_secs(15), "B's shard reconciled while A's has no primary", || async {
-        holds_purchase_script(b_primary).await.then_some(())
+        b_primary.holds_purchase_script().await.then_some(())
     })
     .await;
 
     // R wakes up and takes over at once with its older data.
     stack.cluster.resume(r);
-    let (held, script) = (orders_on(r, a).await, holds_purchase_script(r).await);
+    let (held, script) = (orders_on(r, a).await, r.holds_purchase_script().await);
     stack.cluster.takeover(r).await;
     assert_eq!(held, 100, "R missed the second hundred");
     // Printed, not asserted: a worker may flush R in the few milliseconds between its wake-up

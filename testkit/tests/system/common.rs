@@ -96,3 +96,23 @@ pub async fn set_confirmed_counter(redis: &testkit::RedisServer, event: &str, va
     let _: () =
         redis::cmd("HSET").arg(&keys.event).arg("confirmed").arg(value).query_async(&mut conn).await.unwrap();
 }
+
+/// Writes an order record and its stream entry by hand, as no script would (a record of a
+/// shape or value the tests want the worker to meet).
+pub async fn plant_order(
+    conn: &mut redis::aio::MultiplexedConnection,
+    keys: &flashsale_shared::EventKeys,
+    order_id: &str,
+    record: &str,
+) {
+    let _: () =
+        redis::cmd("HSET").arg(&keys.orders).arg(order_id).arg(record).query_async(conn).await.unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(&keys.stream)
+        .arg("*")
+        .arg(flashsale_shared::schema::stream::ORDER)
+        .arg(order_id)
+        .query_async(conn)
+        .await
+        .unwrap();
+}

@@ -14,7 +14,7 @@ use testkit::{
     wait_until,
 };
 
-use crate::common::{FAST_WORKER, counter, crowd};
+use crate::common::{FAST_WORKER, counter, crowd, plant_order};
 
 fn keys(event: &str) -> EventKeys {
     EventKeys::new(&flashsale_shared::EventId::parse(event).unwrap())
@@ -222,21 +222,7 @@ async fn a_record_the_ledger_cannot_hold_is_parked_never_confirmed_without_a_row
     let mut conn = redis.conn().await;
     let keys = keys("drop");
     let odd = "00000000-0000-4000-8000-0000000000dd";
-    let _: () = redis::cmd("HSET")
-        .arg(&keys.orders)
-        .arg(odd)
-        .arg("p|1|1764064800000||not a user")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let _: String = redis::cmd("XADD")
-        .arg(&keys.stream)
-        .arg("*")
-        .arg("order")
-        .arg(odd)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    plant_order(&mut conn, &keys, odd, "p|1|1764064800000||not a user").await;
     assert_eq!(api.purchase("drop", "alice", 1, None).await.status, StatusCode::ACCEPTED);
 
     let _worker = Worker::start(&redis.url(), &pg.url(), "worker-a", FAST_WORKER).await;

@@ -98,18 +98,6 @@ fn ledger_orders(pg: &Postgres) -> u64 {
     pg.psql("select count(*) from orders where event_id = 'drop'").trim().parse().unwrap()
 }
 
-/// Whether the purchase script (the sales fence) is loaded on one cluster node.
-async fn cluster_node_holds_purchase_script(node: testkit::ClusterNode) -> bool {
-    let mut conn = node.conn().await;
-    let present: Vec<i64> = redis::cmd("SCRIPT")
-        .arg("EXISTS")
-        .arg(flashsale_shared::scripts::PURCHASE.get_hash())
-        .query_async(&mut conn)
-        .await
-        .unwrap_or_default();
-    present.first() == Some(&1)
-}
-
 /// Redis Cluster: a primary that fails over keeps its script cache as a replica; a worker
 /// flushes it there, so that when it is promoted back (a failback) it starts fenced and is
 /// reconciled before it sells. The sale ends exact, and the other shard never stops.
@@ -132,14 +120,14 @@ async fn a_cluster_primary_that_failed_over_is_fenced_before_it_is_promoted_back
     assert_eq!(first.count(202), 40, "{:?}", first.by_status);
 
     let owner = cluster.primary_for_key(&testkit::RedisCluster::event_key(&events[0]));
-    assert!(cluster_node_holds_purchase_script(owner).await);
+    assert!(owner.holds_purchase_script().await);
     let promoted = cluster.failover(owner).await;
     // Generous: on two loaded cores a cluster check round (slot map, each primary, each
     // replica) can take seconds; this waits for the mechanism, it does not time it.
     testkit::wait_until(
         Duration::from_secs(40),
         "the demoted primary's script cache to be flushed",
-        || async { (!cluster_node_holds_purchase_script(owner).await).then_some(()) },
+        || async { (!owner.holds_purchase_script().await).then_some(()) },
     )
     .await;
     // Failback: the old primary is promoted again, fenced, reconciled, and sells on.
@@ -151,7 +139,7 @@ async fn a_cluster_primary_that_failed_over_is_fenced_before_it_is_promoted_back
     assert_eq!(outcomes[0].count(202), 80, "{:?}", outcomes[0].by_status);
     assert_eq!(outcomes[0].count(200), 40, "the first buyers replay: {:?}", outcomes[0].by_status);
     assert_eq!(outcomes[1].count(202), 120, "{:?}", outcomes[1].by_status);
-    assert!(cluster_node_holds_purchase_script(owner).await, "reconciled and unfenced");
+    assert!(owner.holds_purchase_script().await, "reconciled and unfenced");
     for event in &events {
         let confirmed =
             testkit::wait_until(Duration::from_secs(60), "the ledger to hold every order", || async {

@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 use testkit::{Gateway, Postgres, RedisServer, Worker, metric_value, wait_drained, wait_until};
 
-use crate::common::FAST_WORKER;
+use crate::common::{FAST_WORKER, plant_order};
 
 fn keys(event: &str) -> EventKeys {
     EventKeys::new(&flashsale_shared::EventId::parse(event).unwrap())
@@ -82,21 +82,7 @@ async fn an_order_the_ledger_refuses_is_parked_with_its_reason_and_its_batch_goe
     let mut conn = redis.conn().await;
     let keys = keys("drop");
     let huge = "00000000-0000-4000-8000-0000000000ee";
-    let _: () = redis::cmd("HSET")
-        .arg(&keys.orders)
-        .arg(huge)
-        .arg("p|3000000000|1764064800000||mallory")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let _: String = redis::cmd("XADD")
-        .arg(&keys.stream)
-        .arg("*")
-        .arg("order")
-        .arg(huge)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    plant_order(&mut conn, &keys, huge, "p|3000000000|1764064800000||mallory").await;
     for (event, user) in [("drop", "alice"), ("drop", "bob"), ("other", "carol")] {
         assert_eq!(api.purchase(event, user, 1, None).await.status, StatusCode::ACCEPTED);
     }
